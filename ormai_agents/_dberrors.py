@@ -1,0 +1,74 @@
+"""The one boundary where database and driver exceptions become ormai-agents errors.
+
+Nothing the driver says (SQL, bound parameters, constraint names, other rows' values) crosses
+it: the agent gets a generic message, the host's log gets the original exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+from ormai_agents._errors import (
+    DatabaseError,
+    IntegrityConstraintError,
+    OrmAIError,
+    TransientDatabaseError,
+)
+
+log = logging.getLogger("ormai_agents")
+
+# SQLSTATEs worth retrying: serialization failure, deadlock, and the connection-exception class.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
+_TRANSIENT_SQLITE = ("database is locked", "database table is locked")
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    for attr in ("sqlstate", "pgcode"):
+        value = getattr(error, attr, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def is_transient(error: sa_exc.DBAPIError) -> bool:
+    """True for failures where the same statement may succeed if run again."""
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    state = _sqlstate(orig) or _sqlstate(getattr(orig, "__cause__", None))
+    if state in _TRANSIENT_SQLSTATES:
+        return True
+    if isinstance(error, sa_exc.OperationalError):
+        text = str(orig).lower()
+        return any(marker in text for marker in _TRANSIENT_SQLITE)
+    return False
+
+
+@contextmanager
+def map_db_errors(action: str = "run the statement") -> Iterator[None]:
+    """Translate SQLAlchemy/driver exceptions raised inside the block into OrmAIErrors."""
+    try:
+        yield
+    except OrmAIError:
+        raise
+    except sa_exc.IntegrityError as error:
+        log.info("ormai_agents: integrity error while trying to %s", action, exc_info=error)
+        raise IntegrityConstraintError(
+            "The change conflicts with existing data or a database constraint (a duplicate value, "
+            "a reference to a record that does not exist, or a missing required value). Nothing was written."
+        ) from None
+    except sa_exc.DBAPIError as error:
+        if is_transient(error):
+            log.warning("ormai_agents: transient database error while trying to %s", action, exc_info=error)
+            raise TransientDatabaseError(
+                "The database is temporarily unavailable. Try the same call again shortly."
+            ) from None
+        log.error("ormai_agents: database error while trying to %s", action, exc_info=error)
+        raise DatabaseError("The database could not complete this request.") from None
+    except sa_exc.SQLAlchemyError as error:
+        log.error("ormai_agents: SQLAlchemy error while trying to %s", action, exc_info=error)
+        raise DatabaseError("The database could not complete this request.") from None

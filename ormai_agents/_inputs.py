@@ -1,0 +1,278 @@
+"""Validation of the agent's arguments against a model plan.
+
+Everything the agent sends passes through here before a statement is built. Errors name only
+what the principal may use, never the rejected name itself (it may be a denied field), and
+never a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import ColumnElement
+
+from ormai_agents._errors import FieldNotAllowedError, ValidationError
+from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo
+
+FILTER_OPS = (
+    "eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null",
+    "contains", "startswith", "endswith", "between",
+)  # fmt: skip
+AGGREGATE_FUNCTIONS = ("count", "sum", "avg", "min", "max")
+MAX_FILTERS = 50
+MAX_IN_VALUES = 500
+
+FilterOp = Literal[
+    "eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null",
+    "contains", "startswith", "endswith", "between",
+]  # fmt: skip
+
+
+class FilterSpec(BaseModel):
+    """One filter as the agent sends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    field: str = Field(min_length=1, max_length=200)
+    op: FilterOp
+    value: Any = None
+
+
+_FILTERS = TypeAdapter(list[FilterSpec])
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+def pydantic_message(error: PydanticValidationError, prefix: str) -> str:
+    """A short message from a pydantic error, without echoing the input values."""
+    parts = []
+    for err in error.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return f"{prefix}: " + "; ".join(parts)
+
+
+def parse_filters(plan: ModelPlan, filters: Any) -> tuple[list[ColumnElement[bool]], list[Any]]:
+    """SQL clauses for the agent's filters, and their canonical form (for cursor binding)."""
+    if filters is None:
+        return [], []
+    if isinstance(filters, Mapping):
+        filters = [filters]
+    if not isinstance(filters, list):
+        raise ValidationError(
+            'filters must be a list of {"field": ..., "op": ..., "value": ...} objects'
+        )
+    if len(filters) > MAX_FILTERS:
+        raise ValidationError(f"at most {MAX_FILTERS} filters are allowed in one call")
+    try:
+        specs = _FILTERS.validate_python(filters)
+    except PydanticValidationError as exc:
+        raise ValidationError(
+            pydantic_message(exc, "Invalid filters")
+            + f'. Each filter is {{"field": ..., "op": ..., "value": ...}} with op one of: {", ".join(FILTER_OPS)}'
+        ) from None
+    clauses = []
+    canonical = []
+    for i, spec in enumerate(specs, 1):
+        clause, value = _filter_clause(plan, spec, i)
+        clauses.append(clause)
+        canonical.append([spec.field, spec.op, value])
+    return clauses, canonical
+
+
+def _filter_field(plan: ModelPlan, name: str, position: int) -> FieldInfo:
+    info = plan.fields.get(name)
+    if info is None or not info.plain:
+        usable = plan.plain_fields
+        what = (
+            f"Field {name!r} is {info.action.value}ed and can't be filtered on"
+            if info is not None
+            else f"Filter {position} names a field that is not available on {plan.name}"
+        )
+        raise FieldNotAllowedError(
+            f"{what}. Fields you can filter {plan.name} on: {_names(usable)}",
+            details={"allowed_fields": usable},
+        )
+    return info
+
+
+def _coerce(info: FieldInfo, value: Any, position: int) -> Any:
+    try:
+        return info.coerce(value)
+    except ValueError as exc:
+        raise ValidationError(f"Filter {position} on {info.name!r}: {exc}") from None
+
+
+def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnElement[bool], Any]:
+    info = _filter_field(plan, spec.field, i)
+    col = info.column
+    op, value = spec.op, spec.value
+    if op == "is_null":
+        if value is None:
+            value = True
+        if not isinstance(value, bool):
+            raise ValidationError(f"Filter {i}: is_null takes true or false")
+        return (col.is_(None) if value else col.is_not(None)), value
+    if not info.comparable:
+        raise ValidationError(f"Filter {i}: {info.name!r} can only be filtered with is_null")
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            raise ValidationError(f"Filter {i}: {op} takes a list of values")
+        if len(value) > MAX_IN_VALUES:
+            raise ValidationError(f"Filter {i}: {op} takes at most {MAX_IN_VALUES} values")
+        values = [_coerce(info, v, i) for v in value]
+        return (col.in_(values) if op == "in" else col.not_in(values)), values
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValidationError(f"Filter {i}: between takes a list of two values [low, high]")
+        low, high = _coerce(info, value[0], i), _coerce(info, value[1], i)
+        return col.between(low, high), [low, high]
+    if op in ("contains", "startswith", "endswith"):
+        if info.pytype is not str:
+            raise ValidationError(f"Filter {i}: {op} applies to text fields only")
+        if not isinstance(value, str):
+            raise ValidationError(f"Filter {i}: {op} takes a text value")
+        # autoescape escapes %, _ and the escape character itself, and adds ESCAPE '/'.
+        method = {"contains": col.contains, "startswith": col.startswith, "endswith": col.endswith}[op]
+        return method(value, autoescape=True), value
+    coerced = _coerce(info, value, i)
+    if op == "eq":
+        return col == coerced, coerced
+    if op == "ne":
+        return col != coerced, coerced
+    if op == "lt":
+        return col < coerced, coerced
+    if op == "lte":
+        return col <= coerced, coerced
+    if op == "gt":
+        return col > coerced, coerced
+    return col >= coerced, coerced
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError(f"{what} must be a list of field names")
+    if len(value) > 200:
+        raise ValidationError(f"{what} has too many entries")
+    return value
+
+
+def parse_select(plan: ModelPlan, select: Any) -> list[str]:
+    """The fields to return: every readable field by default."""
+    if select is None:
+        return list(plan.fields)
+    names = _str_list(select, "select")
+    if not names:
+        raise ValidationError("select must name at least one field, or be omitted for all fields")
+    for name in names:
+        if name not in plan.fields:
+            readable = list(plan.fields)
+            raise FieldNotAllowedError(
+                f"select names a field that is not available on {plan.name}. Readable fields: {_names(readable)}",
+                details={"allowed_fields": readable},
+            )
+    return list(dict.fromkeys(names))
+
+
+def parse_order(plan: ModelPlan, order_by: Any) -> list[tuple[FieldInfo, bool]]:
+    """(field, descending) pairs; the primary key is appended so pages are stable."""
+    out: list[tuple[FieldInfo, bool]] = []
+    seen: set[str] = set()
+    if order_by is not None:
+        for item in _str_list(order_by, "order_by"):
+            desc = item.startswith("-")
+            name = item[1:] if desc else item.lstrip("+")
+            info = plan.fields.get(name)
+            if info is None or not info.comparable:
+                sortable = plan.comparable_fields
+                raise FieldNotAllowedError(
+                    f"order_by names a field that can't be sorted on {plan.name}. Sortable fields: "
+                    f"{_names(sortable)} (prefix with '-' for descending)",
+                    details={"allowed_fields": sortable},
+                )
+            if name not in seen:
+                seen.add(name)
+                out.append((info, desc))
+    return out
+
+
+def parse_limit(plan: ModelPlan, limit: Any) -> int:
+    """The page size: validated, and clamped to the model's maximum."""
+    if limit is None:
+        return plan.max_rows
+    if isinstance(limit, bool) or not isinstance(limit, (int, str, float)):
+        raise ValidationError(f"limit must be a whole number between 1 and {plan.max_rows}")
+    try:
+        number = int(limit) if not isinstance(limit, float) or limit.is_integer() else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise ValidationError(f"limit must be a whole number between 1 and {plan.max_rows}")
+    return min(number, plan.max_rows)
+
+
+def parse_include(
+    plans: Mapping[str, ModelPlan], plan: ModelPlan, include: Any, max_depth: int
+) -> dict[str, tuple[RelationInfo, dict[str, Any]]]:
+    """A tree {relation: (info, subtree)} from ["customer", "customer.orders"]."""
+    if include is None:
+        return {}
+    paths = _str_list(include, "include")
+    tree: dict[str, tuple[RelationInfo, dict[str, Any]]] = {}
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) > max_depth:
+            raise ValidationError(
+                f"include paths may follow at most {max_depth} relationship(s)"
+                if max_depth
+                else "include is not enabled by this policy"
+            )
+        node, current = tree, plan
+        for part in parts:
+            rel = current.relations.get(part)
+            if rel is None:
+                options = list(current.relations)
+                raise FieldNotAllowedError(
+                    f"include names a relationship that is not available on {current.name}. "
+                    f"Relationships you can include: {_names(options)}",
+                    details={"allowed_relationships": options},
+                )
+            if part not in node:
+                node[part] = (rel, {})
+            node = node[part][1]
+            current = plans[rel.target]
+    return tree
+
+
+def parse_id(plan: ModelPlan, id: Any) -> list[Any]:
+    """Primary key values in mapper order, coerced to their column types."""
+    if any(info is None or not info.plain for info in plan.pk):
+        raise ValidationError(f"get is not available on {plan.name}; use query with filters instead")
+    infos: list[FieldInfo] = [i for i in plan.pk if i is not None]
+    if len(infos) == 1:
+        if isinstance(id, Mapping) and set(id) == {infos[0].name}:
+            id = id[infos[0].name]
+        return [_coerce_id(infos[0], id)]
+    if not isinstance(id, Mapping) or set(id) != {i.name for i in infos}:
+        raise ValidationError(
+            f"{plan.name} has a composite key: pass id as an object with {', '.join(i.name for i in infos)}"
+        )
+    return [_coerce_id(info, id[info.name]) for info in infos]
+
+
+def _coerce_id(info: FieldInfo, value: Any) -> Any:
+    try:
+        return info.coerce(value)
+    except ValueError as exc:
+        raise ValidationError(f"id: {exc}") from None
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,63 @@
+"""What toolset calls return. Plain data: the adapters serialize it for the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """Rows of a `query` call, and the cursor of the next page (None on the last page)."""
+
+    rows: list[dict[str, Any]]
+    next_cursor: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "next_cursor": self.next_cursor}
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """The row of a `get` call."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    """`value` for a plain aggregate; `groups` (one dict per group, with `value`) with group_by."""
+
+    value: Any = None
+    groups: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.groups is not None:
+            return {"groups": self.groups}
+        return {"value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The written row as the principal may see it (`{"updated_count": n}` for bulk updates)."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaResult:
+    """What `describe_schema` returns: the models, fields and relationships the agent may use."""
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": self.models}
+
+
+__all__ = ["AggregateResult", "GetResult", "QueryResult", "SchemaResult", "WriteResult"]

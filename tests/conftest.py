@@ -1,0 +1,140 @@
+"""Test backends: SQLite (always) and the real PostgreSQL (required under CI=true).
+
+Each test run gets its own PostgreSQL schema, so concurrent runs on one server don't collide.
+Async engines use NullPool: every connection belongs to the event loop of the test using it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from tests import shop
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pg_url(driver: str) -> URL:
+    url = make_url(os.environ.get("ORMAI_TEST_POSTGRES_URL", DEFAULT_PG_URL))
+    return url.set(drivername=f"postgresql+{driver}")
+
+
+def _pg_reason() -> str | None:
+    """None when PostgreSQL answers; otherwise why not."""
+    try:
+        engine = create_engine(pg_url("psycopg"), poolclass=NullPool, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"PostgreSQL is not reachable at {pg_url('psycopg').render_as_string(hide_password=True)}: {type(exc).__name__}"
+
+
+_PG_REASON = _pg_reason()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "postgresql: " + ("available" if _PG_REASON is None else f"UNAVAILABLE ({_PG_REASON})")
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (under CI=true) when PostgreSQL is down."""
+    if _PG_REASON is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true requires PostgreSQL: {_PG_REASON}")
+    pytest.skip(_PG_REASON)
+
+
+@dataclass
+class Backend:
+    """One database: a sync and an async engine on the same data."""
+
+    name: str
+    sync_engine: Engine
+    async_engine: AsyncEngine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.name == "postgres"
+
+    def session(self) -> Session:
+        return Session(self.sync_engine)
+
+    def async_session(self) -> AsyncSession:
+        return AsyncSession(self.async_engine)
+
+
+def make_backend(name: str, tmp_dir: Any) -> tuple[Backend, Any]:
+    """A fresh, empty database; returns it and a cleanup function."""
+    if name == "sqlite":
+        path = os.path.join(str(tmp_dir), f"ormai-{uuid.uuid4().hex}.db")
+        sync_engine = create_engine(f"sqlite:///{path}")
+        async_engine = create_async_engine(f"sqlite+aiosqlite:///{path}", poolclass=NullPool)
+
+        def cleanup() -> None:
+            sync_engine.dispose()
+
+        return Backend(name, sync_engine, async_engine), cleanup
+    require_postgres()
+    schema = f"ormai_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url("psycopg"), poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sync_engine = create_engine(pg_url("psycopg"), connect_args={"options": f"-csearch_path={schema}"})
+    async_engine = create_async_engine(
+        pg_url("asyncpg"), poolclass=NullPool, connect_args={"server_settings": {"search_path": schema}}
+    )
+
+    def cleanup() -> None:
+        sync_engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    return Backend(name, sync_engine, async_engine), cleanup
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def shop_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """The seeded shop on each backend, shared by read-only tests."""
+    backend, cleanup = make_backend(request.param, tmp_path_factory.mktemp("db"))
+    shop.Base.metadata.create_all(backend.sync_engine)
+    with backend.session() as s:
+        s.add_all(shop.seed_rows())
+        s.commit()
+    yield backend
+    cleanup()
+
+
+@pytest.fixture(params=["sync", "async"])
+async def shop_db(request: pytest.FixtureRequest, shop_backend: Backend) -> AsyncIterator[Session | AsyncSession]:
+    """A session on the seeded shop: sync `Session` and `AsyncSession` in turn."""
+    if request.param == "sync":
+        with shop_backend.session() as s:
+            yield s
+            s.rollback()
+    else:
+        async with shop_backend.async_session() as s:
+            yield s
+            await s.rollback()
+
+
+@pytest.fixture
+def empty_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """A fresh empty database; parametrize indirectly with "sqlite" or "postgres"."""
+    backend, cleanup = make_backend(getattr(request, "param", "sqlite"), tmp_path)
+    yield backend
+    cleanup()
