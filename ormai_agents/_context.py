@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from ormai_agents.audit import AuditRecord
 
 _MISSING = object()
 
@@ -116,6 +119,7 @@ def _thaw(value: Any) -> Any:
 
 
 DB = Union[Session, AsyncSession, Connection, AsyncConnection]
+AuditSink = Callable[["AuditRecord"], Optional[Awaitable[None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +128,17 @@ class RunContext:
 
     `db` is a SQLAlchemy `Session` or `AsyncSession` (a `Connection` or `AsyncConnection` works
     too). The toolset runs its statements in that handle's current transaction.
+
+    `on_audit`, when given, is called (and awaited if it returns an awaitable) with the audit
+    record of every toolset call made with this context, after the toolset's own audit store
+    wrote it. Framework adapters use it to forward records to their tracing; it is an observer:
+    an exception it raises is logged and never changes the call's outcome.
     """
 
     principal: Principal
     db: DB
     request_id: str | None = None
+    on_audit: AuditSink | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.principal, Principal):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 import time
@@ -457,13 +458,13 @@ class _Call:
             # Cancellation and other BaseExceptions are recorded, then propagate unchanged.
             error = OrmAIError("The request could not be completed.")
         store = self.toolset.audit_store
-        if store is not None:
+        if store is not None or self.ctx.on_audit is not None:
             await self._audit(store, error)
         if isinstance(exc, Exception) and error is not exc:
             raise error from exc
         return False
 
-    async def _audit(self, store: AuditStore, error: OrmAIError | None) -> None:
+    async def _audit(self, store: AuditStore | None, error: OrmAIError | None) -> None:
         principal = self.ctx.principal
         where = self.where
         model = self.model if isinstance(self.model, str) else None
@@ -486,11 +487,20 @@ class _Call:
             after=self.after,
             request_id=self.ctx.request_id,
         )
-        try:
-            await store.write(record)
-        except Exception:
-            # A read still answers; the failure is reported to the host's logs.
-            log.exception("ormai_agents: could not store the audit record of a %s call", self.tool)
+        if store is not None:
+            try:
+                await store.write(record)
+            except Exception:
+                # A read still answers; the failure is reported to the host's logs.
+                log.exception("ormai_agents: could not store the audit record of a %s call", self.tool)
+        sink = self.ctx.on_audit
+        if sink is not None:
+            try:
+                pending = sink(record)
+                if inspect.isawaitable(pending):
+                    await pending
+            except Exception:
+                log.exception("ormai_agents: the on_audit callback failed for a %s call", self.tool)
 
 
 def _aggregate_expr(plan: ModelPlan, function: Any, field: Any) -> Any:
