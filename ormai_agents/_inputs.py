@@ -52,7 +52,11 @@ def pydantic_message(error: PydanticValidationError, prefix: str) -> str:
     """A short message from a pydantic error, without echoing the input values."""
     parts = []
     for err in error.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc_parts = list(err.get("loc", ()))
+        if err.get("type") == "extra_forbidden" and loc_parts:
+            # The unknown key is the agent's text (perhaps a denied field's name): don't echo it.
+            loc_parts[-1] = "<unknown key>"
+        loc = ".".join(str(p) for p in loc_parts)
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return f"{prefix}: " + "; ".join(parts)
 
@@ -209,10 +213,14 @@ def parse_limit(plan: ModelPlan, limit: Any) -> int:
         return plan.max_rows
     if isinstance(limit, bool) or not isinstance(limit, (int, str, float)):
         raise ValidationError(f"limit must be a whole number between 1 and {plan.max_rows}")
-    try:
-        number = int(limit) if not isinstance(limit, float) or limit.is_integer() else None
-    except ValueError:
-        number = None
+    if isinstance(limit, str):
+        # Plain ASCII digits only: int() would also take "1_0" and non-ASCII digits.
+        text = limit.strip()
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 100 else None
+    elif isinstance(limit, float):
+        number = int(limit) if limit.is_integer() else None
+    else:
+        number = limit
     if number is None or number < 1:
         raise ValidationError(f"limit must be a whole number between 1 and {plan.max_rows}")
     return min(number, plan.max_rows)

@@ -17,6 +17,9 @@ from sqlalchemy import types as sqltypes
 # Types whose values can be compared, sorted and filtered on.
 _COMPARABLE = (str, int, float, decimal.Decimal, bool, dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID)
 _NUMERIC = (int, float, decimal.Decimal)
+# No database integer column holds more than 64 bits; a larger value would reach the driver and
+# fail there (SQLite raises OverflowError before SQLAlchemy can map it).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 _JSON_TYPES: dict[type, str] = {
     bool: "boolean",
@@ -68,18 +71,22 @@ def make_coercer(pt: type | None) -> Callable[[Any], Any]:
         return passthrough
     adapter = _adapter(pt)
     is_str = pt is str
+    is_int = pt is int
 
     def coerce(value: Any) -> Any:
         if value is None:
             raise ValueError("null is not a value here; use the is_null operator")
         if is_str and type(value) is str:
             return value  # the common case, without a validation round trip
-        if isinstance(value, (list, dict, tuple, set)):
+        if isinstance(value, (list, dict, tuple, set)) or (is_int and isinstance(value, bool)):
             raise ValueError(f"expected a single {json_type_name(pt)} value")
         try:
-            return adapter.validate_python(value)
+            out = adapter.validate_python(value)
         except PydanticValidationError:
             raise ValueError(f"expected a {json_type_name(pt)} value") from None
+        if is_int and not _INT_MIN <= out <= _INT_MAX:
+            raise ValueError("expected an integer within the 64-bit range")
+        return out
 
     return coerce
 

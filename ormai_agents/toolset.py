@@ -22,6 +22,7 @@ from ormai_agents._context import RunContext
 from ormai_agents._cursor import CursorCodec, derive_key
 from ormai_agents._dberrors import map_db_errors
 from ormai_agents._errors import (
+    DatabaseError,
     FieldNotAllowedError,
     InvalidCursorError,
     ModelNotAllowedError,
@@ -261,6 +262,12 @@ class Toolset:
         except TransientDatabaseError:
             if not fresh:
                 raise
+        except DatabaseError:
+            # A failed statement aborts a PostgreSQL transaction; when this call opened it, roll
+            # it back so the host's session stays usable for the next call.
+            if fresh:
+                await _rollback(db)
+            raise
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(_READ_RETRIES),
             wait=wait_exponential(multiplier=0.05, max=1.0),
