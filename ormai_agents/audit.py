@@ -1,15 +1,71 @@
-"""Audit records: one per toolset call, whatever its outcome, and the stores that keep them."""
+"""Audit records: one per toolset call, whatever its outcome, and the stores that keep them.
+
+Three stores ship: `MemoryAuditStore` (tests, demos), `JsonlAuditStore` (append-only JSON lines
+with size-based rotation) and `SqlAuditStore` (a table of its own, `ormai_audit_log`, through
+SQLAlchemy, in the application's database or another one). All are async and safe for
+concurrent use within one process.
+
+Two ways to store a record, and how the toolset uses them:
+
+- `await store.write(record)` is *durable*: it returns once the record is stored and raises
+  when it could not be. The toolset uses it for writes (create, update, delete, bulk_update):
+  a write whose record can't be stored is rolled back (fail closed).
+- `await store.write_buffered(record)` may batch: the record is stored when the batch is full,
+  after `flush_interval` seconds, on `flush()`, on `aclose()`, or together with the next durable
+  write. The toolset uses it for reads, so auditing does not dominate a read's cost. A read whose
+  record can't be stored still answers; the failure goes to the `ormai_agents` logger and the
+  record stays queued for the next flush (up to `max_pending` records). Call `await
+  store.aclose()` on shutdown, or buffered records of the last interval are lost.
+
+Custom stores only need `write` and `query` (the `AuditStore` protocol); without
+`write_buffered` every record is written durably.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
+import logging
+import os
+import threading
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["AuditRecord", "AuditStore", "MemoryAuditStore"]
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["AuditRecord", "AuditStore", "JsonlAuditStore", "MemoryAuditStore", "SqlAuditStore"]
+
+log = logging.getLogger("ormai_agents")
 
 Outcome = Literal["success", "denied", "error"]
 
@@ -22,12 +78,40 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(value: datetime) -> datetime:
+    """An aware UTC datetime; naive values are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
 @dataclass(slots=True)
 class AuditRecord:
     """What one toolset call did, for whom, under which policy, and how it ended.
 
     `inputs` are redacted: values on fields the policy does not plainly allow, and values under
-    keys matching `Policy.redact_keys`, are replaced by "[REDACTED]".
+    keys matching `Policy.redact_keys` (at any depth), are replaced by "[REDACTED]".
+    `before`/`after` are the row as the principal may see it, for writes.
     """
 
     tool_name: str
@@ -51,10 +135,22 @@ class AuditRecord:
     timestamp: datetime = field(default_factory=_now)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamps as ISO 8601)."""
+        """A JSON-ready dict (timestamps as ISO 8601, other non-JSON values as text)."""
         data = asdict(self)
-        data["timestamp"] = self.timestamp.isoformat()
-        return data
+        data["timestamp"] = _utc(self.timestamp).isoformat()
+        return json.loads(_dumps(data))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """The record `to_dict` produced (unknown keys are ignored, for forward compatibility)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        ts = values.get("timestamp")
+        if isinstance(ts, str):
+            values["timestamp"] = _utc(datetime.fromisoformat(ts))
+        elif isinstance(ts, datetime):
+            values["timestamp"] = _utc(ts)
+        return cls(**values)
 
 
 @runtime_checkable
@@ -62,7 +158,7 @@ class AuditStore(Protocol):
     """Where audit records go. Implementations must be safe for concurrent use in one process."""
 
     async def write(self, record: AuditRecord) -> None:
-        """Store one record; raise when it could not be stored."""
+        """Store one record durably; raise when it could not be stored."""
 
     async def query(
         self,
@@ -74,7 +170,17 @@ class AuditStore(Protocol):
         until: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        """Matching records, newest first."""
+        """Matching records, newest first. `since` is inclusive, `until` exclusive."""
+
+
+async def deliver(store: AuditStore, record: AuditRecord, *, durable: bool) -> None:
+    """Hand a record to a store: durably (writes), or batched where the store supports it (reads)."""
+    if not durable:
+        buffered = getattr(store, "write_buffered", None)
+        if buffered is not None:
+            await buffered(record)
+            return
+    await store.write(record)
 
 
 def matches(
@@ -90,9 +196,21 @@ def matches(
         (tenant_id is None or record.tenant_id == tenant_id)
         and (user_id is None or record.user_id == user_id)
         and (tool_name is None or record.tool_name == tool_name)
-        and (since is None or record.timestamp >= since)
-        and (until is None or record.timestamp < until)
+        and (since is None or _utc(record.timestamp) >= _utc(since))
+        and (until is None or _utc(record.timestamp) < _utc(until))
     )
+
+
+def _newest(records: Iterable[AuditRecord], limit: int) -> list[AuditRecord]:
+    """The `limit` newest records by timestamp; records stored later win ties (input is oldest first)."""
+    ranked = heapq.nlargest(limit, enumerate(records), key=lambda p: (_utc(p[1].timestamp), p[0]))
+    return [record for _, record in ranked]
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError("limit must be a positive integer")
+    return limit
 
 
 class MemoryAuditStore:
@@ -100,7 +218,7 @@ class MemoryAuditStore:
 
     def __init__(self, max_records: int | None = 100_000) -> None:
         self._records: deque[AuditRecord] = deque(maxlen=max_records)
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
 
     @property
     def records(self) -> list[AuditRecord]:
@@ -120,19 +238,553 @@ class MemoryAuditStore:
         until: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        out: list[AuditRecord] = []
-        for record in reversed(self._records):
-            if matches(record, tenant_id, user_id, tool_name, since, until):
-                out.append(record)
-                if len(out) >= limit:
-                    break
-        return out
+        _check_limit(limit)
+        found = (r for r in list(self._records) if matches(r, tenant_id, user_id, tool_name, since, until))
+        return _newest(found, limit)
 
     async def delete_before(self, cutoff: datetime) -> int:
         """Retention: drop records older than `cutoff`; returns how many were dropped."""
-        async with self._lock:
-            keep = [r for r in self._records if r.timestamp >= cutoff]
+        cutoff = _utc(cutoff)
+        with self._lock:
+            keep = [r for r in self._records if _utc(r.timestamp) >= cutoff]
             dropped = len(self._records) - len(keep)
             self._records.clear()
             self._records.extend(keep)
             return dropped
+
+    async def flush(self) -> None:
+        """Nothing is buffered in memory; present so every store can be flushed alike."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class _Batcher:
+    """Queues records for a store and stores them in batches.
+
+    A batch is stored when `batch_size` records are queued, `flush_interval` seconds after the
+    first one was queued, with the next durable write, or on `flush()`/`aclose()`. Batches that
+    fail are put back (oldest dropped beyond `max_pending`, with an error log).
+    """
+
+    def __init__(
+        self,
+        store_many: Callable[[list[AuditRecord]], Awaitable[None]],
+        batch_size: int,
+        flush_interval: float,
+        max_pending: int,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be positive")
+        if max_pending < batch_size:
+            raise ValueError("max_pending must be at least batch_size")
+        self._store_many = store_many
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self._pending: list[AuditRecord] = []
+        self._lock = threading.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._inflight = 0
+
+    @property
+    def pending(self) -> int:
+        """Records queued or being stored."""
+        return len(self._pending) + self._inflight
+
+    def _take(self) -> list[AuditRecord]:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._inflight += len(batch)
+        return batch
+
+    def _done(self, count: int) -> None:
+        with self._lock:
+            self._inflight -= count
+
+    def _requeue(self, batch: list[AuditRecord]) -> None:
+        with self._lock:
+            merged = batch + self._pending
+            overflow = len(merged) - self.max_pending
+            if overflow > 0:
+                log.error("ormai_agents: dropped %d buffered audit records that could not be stored", overflow)
+                merged = merged[overflow:]
+            self._pending = merged
+
+    async def add(self, record: AuditRecord) -> None:
+        with self._lock:
+            self._pending.append(record)
+            full = len(self._pending) >= self.batch_size
+        if full:
+            await self.flush()
+            return
+        loop = asyncio.get_running_loop()
+        timer = self._timer
+        if timer is None or timer.done() or timer.get_loop() is not loop:
+            self._timer = loop.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(self.flush_interval)
+        finally:
+            # Also on cancellation (an event loop shutting down): store what is queued.
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("ormai_agents: could not store buffered audit records")
+
+    async def flush(self, extra: AuditRecord | None = None) -> None:
+        """Store everything queued (and `extra`, durably, in the same batch)."""
+        batch = self._take()
+        taken = len(batch)
+        if extra is not None:
+            batch.append(extra)
+        if not batch:
+            return
+        try:
+            await self._store_many(batch)
+        except BaseException:
+            self._requeue(batch[:taken])
+            raise
+        finally:
+            self._done(taken)
+
+    async def aclose(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and not timer.done() and timer.get_loop() is asyncio.get_running_loop():
+            timer.cancel()
+            try:
+                await timer
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.flush()
+
+
+# --- JSON lines ---------------------------------------------------------------------------
+
+_PATH_LOCKS: dict[str, threading.Lock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: Path) -> threading.Lock:
+    # One lock per file, shared by every store on that file in this process.
+    key = os.path.abspath(path)
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.Lock())
+
+
+class JsonlAuditStore:
+    """Append-only JSON lines, one record per line, with size-based rotation.
+
+    When appending would take the file past `max_bytes`, it is renamed to `<path>.1` (older
+    backups shift to `.2` ... `.<backup_count>`, the oldest is deleted) and a new file is begun.
+    `max_bytes=None` never rotates. File work runs in a worker thread, under a lock shared by
+    every store on the same path in this process, so concurrent writers never interleave lines.
+
+    `write` returns once the line is handed to the operating system (`fsync=True` also waits
+    for the disk). Reads are written at once too unless `batch_size > 1`, which batches them
+    (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = 50 * 1024 * 1024,
+        backup_count: int = 5,
+        fsync: bool = False,
+        batch_size: int = 1,
+        flush_interval: float = 1.0,
+        max_pending: int = 10_000,
+    ) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive, or None for no rotation")
+        if max_bytes is not None and backup_count < 1:
+            raise ValueError("backup_count must be at least 1 when rotating")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backup_count = backup_count
+        self.fsync = fsync
+        self._lock = _path_lock(self.path)
+        self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending)
+
+    # writing
+
+    async def write(self, record: AuditRecord) -> None:
+        """Store one record (and any batched ones) now; raises when the file can't be written."""
+        await self._batcher.flush(record)
+
+    async def write_buffered(self, record: AuditRecord) -> None:
+        """Queue a record; stored with the batch (at once when `batch_size` is 1)."""
+        await self._batcher.add(record)
+
+    async def flush(self) -> None:
+        """Store every queued record now."""
+        await self._batcher.flush()
+
+    async def aclose(self) -> None:
+        """Store every queued record and stop the flush timer."""
+        await self._batcher.aclose()
+
+    async def _store_many(self, records: list[AuditRecord]) -> None:
+        data = "".join(_dumps(r.to_dict()) + "\n" for r in records).encode("utf-8")
+        await asyncio.to_thread(self._append, data)
+
+    def _backup(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+    def _append(self, data: bytes) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.max_bytes is not None:
+                try:
+                    size = self.path.stat().st_size
+                except FileNotFoundError:
+                    size = 0
+                if size and size + len(data) > self.max_bytes:
+                    self._rotate()
+            # O_APPEND: each write lands at the end even if another handle wrote meanwhile.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _rotate(self) -> None:
+        oldest = self._backup(self.backup_count)
+        if oldest.exists():
+            oldest.unlink()
+        for n in range(self.backup_count - 1, 0, -1):
+            src = self._backup(n)
+            if src.exists():
+                os.replace(src, self._backup(n + 1))
+        os.replace(self.path, self._backup(1))
+
+    # reading
+
+    def _files_newest_first(self) -> list[Path]:
+        files = [self.path] + [self._backup(n) for n in range(1, self.backup_count + 1)]
+        return [f for f in files if f.exists()]
+
+    def _read_lines(self, path: Path) -> list[str]:
+        try:
+            return path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _records_oldest_first(self) -> Iterator[AuditRecord]:
+        with self._lock:
+            contents = [self._read_lines(f) for f in reversed(self._files_newest_first())]
+        for lines in contents:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    yield AuditRecord.from_dict(json.loads(line))
+                except (ValueError, TypeError):
+                    log.warning("ormai_agents: skipped an unreadable line in %s", self.path)
+
+    async def query(
+        self,
+        *,
+        tenant_id: Any = None,
+        user_id: Any = None,
+        tool_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Matching records across the file and its backups, newest first."""
+        _check_limit(limit)
+
+        def run() -> list[AuditRecord]:
+            found = (
+                r for r in self._records_oldest_first() if matches(r, tenant_id, user_id, tool_name, since, until)
+            )
+            return _newest(found, limit)
+
+        return await asyncio.to_thread(run)
+
+    async def delete_before(self, cutoff: datetime) -> int:
+        """Retention: rewrite the file and its backups without records older than `cutoff`."""
+        cutoff = _utc(cutoff)
+
+        def run() -> int:
+            dropped = 0
+            with self._lock:
+                for path in self._files_newest_first():
+                    lines = self._read_lines(path)
+                    keep = []
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        try:
+                            ts = _utc(datetime.fromisoformat(json.loads(line)["timestamp"]))
+                        except (ValueError, TypeError, KeyError):
+                            keep.append(line)  # unreadable lines are kept for a human to inspect
+                            continue
+                        if ts >= cutoff:
+                            keep.append(line)
+                    if len(keep) == len(lines):
+                        continue
+                    dropped += len(lines) - len(keep)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+                    os.replace(tmp, path)
+            return dropped
+
+        await self._batcher.flush()
+        return await asyncio.to_thread(run)
+
+
+# --- SQL ----------------------------------------------------------------------------------
+
+
+class _UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored in UTC: as timestamptz on PostgreSQL, as naive UTC elsewhere."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = _utc(value)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+def _json() -> Any:
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str | None = None) -> Table:
+    """The audit table's definition (for Alembic, or `metadata.create_all`)."""
+    return Table(
+        name,
+        metadata,
+        # A sequence number orders records stored in the same microsecond.
+        Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("id", String(64), nullable=False, unique=True),
+        Column("timestamp", _UTCDateTime(), nullable=False),
+        Column("tenant_id", String(255)),
+        Column("user_id", String(255)),
+        Column("tool_name", String(64), nullable=False),
+        Column("model", String(200)),
+        Column("outcome", String(16), nullable=False),
+        Column("error_code", String(64)),
+        Column("error_message", Text),
+        Column("row_count", Integer),
+        Column("duration_ms", Float),
+        Column("bypass_used", Boolean, nullable=False),
+        Column("request_id", String(200)),
+        # The principal's typed tenant_id, user_id and roles (the columns above hold text keys).
+        Column("principal", _json()),
+        Column("inputs", _json()),
+        Column("scopes_injected", _json()),
+        Column("policies_applied", _json()),
+        Column("before", _json()),
+        Column("after", _json()),
+        Index(f"ix_{name}_tenant_ts", "tenant_id", "timestamp"),
+        Index(f"ix_{name}_ts", "timestamp"),
+        schema=schema,
+    )
+
+
+def _key(value: Any) -> str | None:
+    """The text form of a tenant or user id, as stored in the indexed column."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else _dumps(value)
+    return text[:255]
+
+
+class SqlAuditStore:
+    """Audit records in a table of their own (`ormai_audit_log`), through SQLAlchemy Core.
+
+    `engine` is a sync `Engine` or an `AsyncEngine`, on the application's database or a separate
+    one (sync engines run in a worker thread, off the event loop). Call `await create_table()`
+    once (it does nothing when the table exists), or create it with your migrations from
+    `audit_table()`. The table is indexed on (tenant_id, timestamp) and on timestamp.
+
+    Records of reads are batched by default (`batch_size=100`, `flush_interval=0.5` seconds):
+    one INSERT per batch instead of one transaction per call. `write` (used for writes) stores
+    at once, together with anything queued. `batch_size=1` stores every record at once.
+
+    `write_in(db, record)` stores a record in the caller's own transaction instead (same
+    database only), so it commits or rolls back with the change it describes; on SQLite, where a
+    second connection would wait for the caller's write lock, this is the way to audit writes in
+    the same database file.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        *,
+        table_name: str = "ormai_audit_log",
+        schema: str | None = None,
+        batch_size: int = 100,
+        flush_interval: float = 0.5,
+        max_pending: int = 10_000,
+    ) -> None:
+        if not isinstance(engine, (Engine, AsyncEngine)):
+            raise TypeError("engine must be a SQLAlchemy Engine or AsyncEngine")
+        self.engine = engine
+        self.metadata = MetaData()
+        self.table = audit_table(self.metadata, table_name, schema)
+        self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending)
+
+    # plumbing
+
+    async def _run(self, fn: Callable[[Connection], Any], *, begin: bool) -> Any:
+        engine = self.engine
+        if isinstance(engine, AsyncEngine):
+            ctx = engine.begin() if begin else engine.connect()
+            async with ctx as conn:
+                return await conn.run_sync(fn)
+
+        def sync() -> Any:
+            ctx = engine.begin() if begin else engine.connect()
+            with ctx as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(sync)
+
+    def _row(self, record: AuditRecord) -> dict[str, Any]:
+        data = record.to_dict()
+        return {
+            "id": record.id,
+            "timestamp": record.timestamp,
+            "tenant_id": _key(record.tenant_id),
+            "user_id": _key(record.user_id),
+            "tool_name": record.tool_name[:64],
+            "model": record.model[:200] if record.model else None,
+            "outcome": record.outcome,
+            "error_code": record.error_code,
+            "error_message": record.error_message,
+            "row_count": record.row_count,
+            "duration_ms": record.duration_ms,
+            "bypass_used": bool(record.bypass_used),
+            "request_id": record.request_id[:200] if record.request_id else None,
+            "principal": {"tenant_id": data["tenant_id"], "user_id": data["user_id"], "roles": data["roles"]},
+            "inputs": data["inputs"],
+            "scopes_injected": data["scopes_injected"],
+            "policies_applied": data["policies_applied"],
+            "before": data["before"],
+            "after": data["after"],
+        }
+
+    def _record(self, row: Any) -> AuditRecord:
+        m = row._mapping
+        principal = m["principal"] or {}
+        return AuditRecord(
+            id=m["id"],
+            timestamp=m["timestamp"],
+            tenant_id=principal.get("tenant_id", m["tenant_id"]),
+            user_id=principal.get("user_id", m["user_id"]),
+            roles=list(principal.get("roles") or []),
+            tool_name=m["tool_name"],
+            model=m["model"],
+            outcome=m["outcome"],
+            error_code=m["error_code"],
+            error_message=m["error_message"],
+            row_count=m["row_count"],
+            duration_ms=m["duration_ms"] or 0.0,
+            bypass_used=bool(m["bypass_used"]),
+            request_id=m["request_id"],
+            inputs=m["inputs"] or {},
+            scopes_injected=list(m["scopes_injected"] or []),
+            policies_applied=list(m["policies_applied"] or []),
+            before=m["before"],
+            after=m["after"],
+        )
+
+    # schema
+
+    async def create_table(self) -> None:
+        """Create the table and its indexes if they don't exist."""
+        await self._run(lambda conn: self.metadata.create_all(conn, tables=[self.table]), begin=True)
+
+    # writing
+
+    async def _store_many(self, records: list[AuditRecord]) -> None:
+        rows = [self._row(r) for r in records]
+        await self._run(lambda conn: conn.execute(insert(self.table), rows), begin=True)
+
+    async def write(self, record: AuditRecord) -> None:
+        """Store one record (and any batched ones) in one transaction now; raises on failure."""
+        await self._batcher.flush(record)
+
+    async def write_buffered(self, record: AuditRecord) -> None:
+        """Queue a record; stored with its batch (see the class docstring)."""
+        await self._batcher.add(record)
+
+    async def write_in(self, db: Session | AsyncSession | Connection | AsyncConnection, record: AuditRecord) -> None:
+        """Store a record in `db`'s current transaction (the table must be in that database)."""
+        stmt = insert(self.table).values(self._row(record))
+        if isinstance(db, (AsyncSession, AsyncConnection)):
+            await db.execute(stmt)
+        elif isinstance(db, (Session, Connection)):
+            db.execute(stmt)
+        else:
+            raise TypeError("db must be a SQLAlchemy Session, AsyncSession, Connection or AsyncConnection")
+
+    async def flush(self) -> None:
+        """Store every queued record now; raises (and keeps them queued) on failure."""
+        await self._batcher.flush()
+
+    async def aclose(self) -> None:
+        """Store every queued record and stop the flush timer. The engine is left open."""
+        await self._batcher.aclose()
+
+    @property
+    def pending(self) -> int:
+        """How many records are queued, not yet stored."""
+        return self._batcher.pending
+
+    # reading
+
+    async def query(
+        self,
+        *,
+        tenant_id: Any = None,
+        user_id: Any = None,
+        tool_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Matching records, newest first (queued records are stored first)."""
+        _check_limit(limit)
+        await self._batcher.flush()
+        t = self.table
+        stmt = select(t)
+        if tenant_id is not None:
+            stmt = stmt.where(t.c.tenant_id == _key(tenant_id))
+        if user_id is not None:
+            stmt = stmt.where(t.c.user_id == _key(user_id))
+        if tool_name is not None:
+            stmt = stmt.where(t.c.tool_name == tool_name)
+        if since is not None:
+            stmt = stmt.where(t.c.timestamp >= since)
+        if until is not None:
+            stmt = stmt.where(t.c.timestamp < until)
+        stmt = stmt.order_by(t.c.timestamp.desc(), t.c.seq.desc()).limit(limit)
+        rows = await self._run(lambda conn: conn.execute(stmt).all(), begin=False)
+        return [self._record(r) for r in rows]
+
+    async def delete_before(self, cutoff: datetime) -> int:
+        """Retention: delete records older than `cutoff`; returns how many were deleted."""
+        await self._batcher.flush()
+        stmt = delete(self.table).where(self.table.c.timestamp < cutoff)
+        return int(await self._run(lambda conn: conn.execute(stmt).rowcount, begin=True))
+

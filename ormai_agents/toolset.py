@@ -32,15 +32,16 @@ from ormai_agents._errors import (
     ValidationError,
 )
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_plans
+from ormai_agents._redact import redact_inputs
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult
 from ormai_agents._types import is_numeric, json_schema_for
-from ormai_agents.audit import AuditRecord, AuditStore
+from ormai_agents.audit import AuditRecord, AuditStore, deliver
 from ormai_agents.policy import FieldAction, Policy
 
 log = logging.getLogger("ormai_agents")
 
 _DENIED_CODES = {"access_denied", "model_not_allowed", "field_not_allowed", "write_not_allowed"}
-_REDACTED = "[REDACTED]"
+_READ_TOOLS = frozenset({"describe_schema", "query", "get", "aggregate"})
 _READ_RETRIES = 3  # attempts after the first failure
 
 
@@ -393,43 +394,8 @@ class Toolset:
         return out
 
     def redact(self, plan: ModelPlan | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The inputs as they may be logged: values on fields that are not plainly allowed, and
-        under keys matching the policy's redact_keys, are replaced."""
-        patterns = [p.lower() for p in self.policy.redact_keys]
-
-        def secret_key(key: Any) -> bool:
-            k = str(key).lower()
-            return any(p in k for p in patterns)
-
-        def plain(name: Any) -> bool:
-            info = plan.fields.get(name) if plan is not None and isinstance(name, str) else None
-            return info is not None and info.plain and not secret_key(name)
-
-        out: dict[str, Any] = {}
-        for key, value in inputs.items():
-            if value is None:
-                continue
-            if key == "filters":
-                items = value if isinstance(value, list) else [value]
-                out[key] = [_redact_filter(f, plain) for f in items]
-            elif key in ("data",) and isinstance(value, dict):
-                out[key] = {k: (v if plain(k) else _REDACTED) for k, v in value.items()}
-            elif key == "cursor":
-                out[key] = "<cursor>"
-            elif secret_key(key):
-                out[key] = _REDACTED
-            else:
-                out[key] = value
-        return out
-
-
-def _redact_filter(spec: Any, plain: Callable[[Any], bool]) -> Any:
-    # The field name stays (an attempt on a denied field is worth seeing); its value goes.
-    if not isinstance(spec, dict):
-        return _REDACTED
-    if plain(spec.get("field")) or "value" not in spec:
-        return spec
-    return {**spec, "value": _REDACTED}
+        """The inputs as they may be logged (see `ormai_agents._redact.redact_inputs`)."""
+        return redact_inputs(plan, inputs, self.policy.redact_keys)
 
 
 class _Call:
@@ -496,7 +462,7 @@ class _Call:
         )
         if store is not None:
             try:
-                await store.write(record)
+                await deliver(store, record, durable=self.tool not in _READ_TOOLS)
             except Exception:
                 # A read still answers; the failure is reported to the host's logs.
                 log.exception("ormai_agents: could not store the audit record of a %s call", self.tool)
