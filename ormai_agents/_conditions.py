@@ -145,7 +145,10 @@ def _tokenize(text: str) -> list[_Tok]:
         if kind == "string":
             tokens.append(_Tok("string", raw[1:-1].replace("''", "'"), i + 1))
         elif kind == "number":
-            value: Any = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            try:
+                value: Any = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            except ValueError:  # more digits than int() converts
+                raise ConditionSyntaxError("number is too long", i + 1) from None
             tokens.append(_Tok("number", value, i + 1))
         elif kind == "name":
             if raw.lower() in _KEYWORDS:
