@@ -31,9 +31,7 @@ def derive_key(secret: bytes, purpose: str) -> bytes:
 
 def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
     blocks = (length + 31) // 32
-    return b"".join(
-        hmac.new(key, nonce + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(blocks)
-    )[:length]
+    return b"".join(hmac.digest(key, nonce + i.to_bytes(4, "big"), "sha256") for i in range(blocks))[:length]
 
 
 def _xor(data: bytes, stream: bytes) -> bytes:
@@ -56,7 +54,7 @@ class CursorCodec:
         return base64.urlsafe_b64encode(nonce + cipher + tag).decode().rstrip("=")
 
     def _tag(self, binding: str, nonce: bytes, cipher: bytes) -> bytes:
-        return hmac.new(self._mac, binding.encode() + b"\0" + nonce + cipher, hashlib.sha256).digest()[:_TAG]
+        return hmac.digest(self._mac, binding.encode() + b"\0" + nonce + cipher, "sha256")[:_TAG]
 
     def open(self, cursor: Any, binding: str) -> list[Any]:
         """The sort-key values of a cursor made for `binding`; InvalidCursorError otherwise."""

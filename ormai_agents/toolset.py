@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ormai_agents import _inputs
-from ormai_agents._context import RunContext
+from ormai_agents._context import Principal, RunContext
 from ormai_agents._cursor import CursorCodec, derive_key
 from ormai_agents._dberrors import map_db_errors
 from ormai_agents._errors import (
@@ -79,6 +79,7 @@ class Toolset:
                 raise ValueError("secret_key must be at least 16 bytes")
         self._cursors = CursorCodec(secret, cursor_ttl_seconds)
         self._hash_key = derive_key(secret, "hash-field")
+        self._principal_ids: dict[Principal, str] = {}
         self._row_shapers: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], dict[str, Any]]] = {}
 
     # --- introspection ---------------------------------------------------------------------
@@ -137,9 +138,9 @@ class Toolset:
                 for c, coerce in zip(plan.pk_columns, plan.pk_coercers)
                 if c not in ordered
             ]
-            binding = self._binding(ctx, plan, canon, [(info.name, desc) for info, desc in order])
+            order_key = [(info.name, desc) for info, desc in order]
             if cursor is not None:
-                after = self._cursors.open(cursor, binding)
+                after = self._cursors.open(cursor, self._binding(ctx, plan, canon, order_key))
                 if len(after) != len(keys):
                     raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.")
                 try:
@@ -148,8 +149,9 @@ class Toolset:
                     raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.") from None
                 conditions.append(_keyset_after(keys, after))
 
-            columns = [plan.fields[n].column.label(n) for n in names]
-            columns += [k.column.label(f"_k{i}") for i, k in enumerate(keys)]
+            # Rows are read by position: no labels, so the statement stays as lean as hand-written Core.
+            columns = [plan.fields[n].column for n in names]
+            columns += [k.column for k in keys]
             columns += _relation_key_columns(tree)
             stmt = (
                 sql_select(*columns)
@@ -169,7 +171,9 @@ class Toolset:
             if more and rows:
                 last = rows[-1]
                 start = len(names)
-                next_cursor = self._cursors.seal(binding, [_jsonable(last[start + i]) for i in range(len(keys))])
+                next_cursor = self._cursors.seal(
+                    self._binding(ctx, plan, canon, order_key), [_jsonable(last[start + i]) for i in range(len(keys))]
+                )
             call.row_count = len(out)
             return QueryResult(out, next_cursor)
 
@@ -181,12 +185,11 @@ class Toolset:
             key = _inputs.parse_id(plan, id)
             names = _inputs.parse_select(plan, select)
             tree = _inputs.parse_include(self._plans, plan, include, self.policy.max_include_depth)
-            columns = [plan.fields[n].column.label(n) for n in names] + _relation_key_columns(tree)
+            columns = [plan.fields[n].column for n in names] + _relation_key_columns(tree)
             stmt = (
                 sql_select(*columns)
                 .select_from(plan.selectable)
                 .where(*where.clauses, *(c == v for c, v in zip(plan.pk_columns, key)))
-                .limit(1)
             )
             rows = await self._fetch(ctx, stmt)
             if not rows:
@@ -281,8 +284,14 @@ class Toolset:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _binding(self, ctx: RunContext, plan: ModelPlan, filters: list[Any], order: list[Any]) -> str:
-        payload = _inputs.canonical([plan.name, ctx.principal.to_dict(), filters, order])
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+        """What a cursor is bound to: the principal, the model, the filters and the order."""
+        who = self._principal_ids.get(ctx.principal)
+        if who is None:
+            who = hashlib.sha256(_inputs.canonical(ctx.principal.to_dict()).encode()).hexdigest()
+            if len(self._principal_ids) > 4096:
+                self._principal_ids.clear()
+            self._principal_ids[ctx.principal] = who
+        return who + _inputs.canonical([plan.name, filters, order])
 
     def _shaper(self, plan: ModelPlan, names: list[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
         """A function turning a result row into the agent's dict, masking and hashing as needed."""
@@ -298,7 +307,7 @@ class Toolset:
         width = len(names)
         if not transforms:
             def shaper(row: Sequence[Any]) -> dict[str, Any]:
-                return dict(zip(names, row[:width]))
+                return dict(zip(names, row))  # zip stops at the names: hidden key columns stay out
         else:
             def shaper(row: Sequence[Any]) -> dict[str, Any]:
                 values = list(row[:width])

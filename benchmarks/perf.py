@@ -1,0 +1,270 @@
+"""Toolset calls against raw SQLAlchemy Core, interleaved on the same connection.
+
+    python -m benchmarks.perf                       # SQLite and PostgreSQL (if reachable)
+    python -m benchmarks.perf --backends sqlite --audit off,memory,sql -n 3000
+    python -m benchmarks.perf --scale               # per-call cost at 10k, 100k and 1M rows
+
+For every operation each iteration runs the raw statement and the toolset call back to back (the
+order alternates) and records ours/raw; the table shows the median of those paired ratios and the
+median absolute times. Raw Core builds the same scoped statement per call, as hand-written code
+would, and reads rows with `.mappings().all()`. Both run inside one coroutine, so awaiting the
+toolset costs no event-loop round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Integer, Numeric, String, create_engine, func, insert, select, text, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from ormai_agents import ModelPolicy, Policy, Principal, RunContext, Toolset, WriteAction, WritePolicy
+from ormai_agents.audit import MemoryAuditStore
+
+DATA = Path(__file__).with_name(".data")
+TENANTS = ("t0", "t1", "t2")
+STATUSES = ("pending", "shipped", "cancelled")
+PG_URL = os.environ.get("ORMAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    customer_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+
+
+POLICY = Policy(
+    models={
+        "Order": ModelPolicy(
+            fields={f: "allow" for f in ("id", "tenant_id", "customer_id", "status", "total")},
+            scoping={"tenant_id": "principal.tenant_id"},
+            write_policy=WritePolicy(
+                create=WriteAction.Allow,
+                update=WriteAction.Allow,
+                auto_set={"tenant_id": "principal.tenant_id"},
+                immutable_fields=["tenant_id"],
+            ),
+        )
+    }
+)
+
+
+def seed(engine: Engine, per_tenant: int) -> None:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    rng = random.Random(1)
+    rows = [
+        {
+            "id": i,
+            "tenant_id": TENANTS[i % len(TENANTS)],
+            "customer_id": rng.randint(1, 500),
+            "status": rng.choice(STATUSES),
+            "total": Decimal(rng.randint(0, 10_000)) / 100,
+        }
+        for i in range(1, per_tenant * len(TENANTS) + 1)
+    ]
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 20_000):
+            conn.execute(insert(Order.__table__), rows[start : start + 20_000])
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ANALYZE orders"))
+
+
+def sqlite_engine(per_tenant: int) -> Engine:
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"bench-{per_tenant}.db"
+    engine = create_engine(f"sqlite:///{path}")
+    if not path.exists() or not _has_rows(engine, per_tenant):
+        seed(engine, per_tenant)
+    return engine
+
+
+def pg_engine(per_tenant: int) -> Engine | None:
+    from sqlalchemy import make_url
+
+    url = make_url(PG_URL).set(drivername="postgresql+psycopg")
+    schema = f"ormai_bench_{per_tenant}"
+    try:
+        admin = create_engine(url)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        admin.dispose()
+    except Exception as exc:  # noqa: BLE001
+        print(f"postgres: skipped ({type(exc).__name__})")
+        return None
+    engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    if not _has_rows(engine, per_tenant):
+        seed(engine, per_tenant)
+    return engine
+
+
+def _has_rows(engine: Engine, per_tenant: int) -> bool:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Order.__table__)).scalar() == per_tenant * len(TENANTS)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+async def paired(raw: Callable[[], Any], ours: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float, float]:
+    """(median ours/raw ratio, median raw µs, median ours µs); the order inside a pair alternates."""
+    for _ in range(min(200, n // 5)):
+        raw()
+        await ours()
+    ratios, raws, oursl = [], [], []
+    perf = time.perf_counter
+    for i in range(n):
+        if i % 2:
+            a = perf(); raw(); b = perf(); await ours(); c = perf()  # noqa: E702
+            r, o = b - a, c - b
+        else:
+            a = perf(); await ours(); b = perf(); raw(); c = perf()  # noqa: E702
+            o, r = b - a, c - b
+        raws.append(r)
+        oursl.append(o)
+        ratios.append(o / r)
+    return statistics.median(ratios), statistics.median(raws) * 1e6, statistics.median(oursl) * 1e6
+
+
+def make_store(kind: str, engine: Engine) -> Any:
+    if kind == "off":
+        return None
+    if kind == "memory":
+        return MemoryAuditStore()
+    if kind == "sql":
+        from ormai_agents.audit import SqlAuditStore  # type: ignore[attr-defined]
+
+        store = SqlAuditStore(engine)
+        create = getattr(store, "create_table", None)
+        if create is not None:
+            result = create()
+            if asyncio.iscoroutine(result):
+                return store, result
+        return store
+    raise ValueError(kind)
+
+
+async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops: list[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    t = Order.__table__
+    for audit in audits:
+        store = make_store(audit, engine)
+        if isinstance(store, tuple):
+            store, pending = store
+            await pending
+        toolset = Toolset(Base, POLICY, store)
+        with Session(engine) as session:
+            conn = session.connection()
+            ctx = RunContext(Principal(tenant_id="t1", user_id="u1"), session)
+            some_id = conn.execute(select(t.c.id).where(t.c.tenant_id == "t1").order_by(t.c.id).limit(1)).scalar()
+            cols = (t.c.id, t.c.tenant_id, t.c.customer_id, t.c.status, t.c.total)
+            pending = [{"field": "status", "op": "eq", "value": "pending"}]
+
+            cases: dict[str, tuple[Callable[[], Any], Callable[[], Awaitable[Any]]]] = {
+                "query50": (
+                    lambda: conn.execute(
+                        select(*cols).where(t.c.tenant_id == "t1", t.c.status == "pending").order_by(t.c.id).limit(50)
+                    ).mappings().all(),
+                    lambda: toolset.query(ctx, model="Order", filters=pending, limit=50),
+                ),
+                "get": (
+                    lambda: conn.execute(select(*cols).where(t.c.tenant_id == "t1", t.c.id == some_id)).mappings().first(),
+                    lambda: toolset.get(ctx, model="Order", id=some_id),
+                ),
+                "count": (
+                    lambda: conn.execute(select(func.count()).select_from(t).where(t.c.tenant_id == "t1")).scalar(),
+                    lambda: toolset.aggregate(ctx, model="Order", function="count"),
+                ),
+                "group_sum": (
+                    lambda: conn.execute(
+                        select(t.c.status, func.sum(t.c.total))
+                        .where(t.c.tenant_id == "t1")
+                        .group_by(t.c.status)
+                        .order_by(t.c.status)
+                    ).all(),
+                    lambda: toolset.aggregate(ctx, model="Order", function="sum", field="total", group_by=["status"]),
+                ),
+            }
+            if hasattr(toolset, "update"):
+                cases["update"] = (
+                    lambda: (
+                        conn.execute(
+                            update(t).where(t.c.id == some_id, t.c.tenant_id == "t1").values(status="shipped")
+                        ),
+                        session.commit(),
+                    ),
+                    lambda: toolset.update(ctx, model="Order", id=some_id, data={"status": "shipped"}),
+                )
+            if hasattr(toolset, "create"):
+                new = {"customer_id": 1, "status": "pending", "total": Decimal("9.99")}
+                cases["create"] = (
+                    lambda: (conn.execute(insert(t).values(tenant_id="t1", **new)), session.commit()),
+                    lambda: toolset.create(ctx, model="Order", data=new),
+                )
+            for op, (raw, ours) in cases.items():
+                if ops and op not in ops:
+                    continue
+                try:
+                    ratio, r_us, o_us = await paired(raw, ours, n if op not in ("create", "update") else max(n // 4, 50))
+                except Exception as exc:  # noqa: BLE001
+                    print(f"{name} {audit} {op}: failed ({type(exc).__name__}: {exc})")
+                    session.rollback()
+                    conn = session.connection()
+                    continue
+                rows.append((name, audit, op, r_us, o_us, ratio))
+                print(f"{name:<9} {audit:<7} {op:<10} raw {r_us:8.0f} µs   ours {o_us:8.0f} µs   ratio {ratio:5.2f}", flush=True)
+            session.rollback()
+    return rows
+
+
+async def scale(n: int) -> None:
+    print("\nscale (SQLite, audit off): per-call cost as the table grows")
+    for per_tenant in (10_000 // 3, 100_000 // 3, 1_000_000 // 3):
+        engine = sqlite_engine(per_tenant)
+        await run_backend(f"{per_tenant * 3 // 1000}k", engine, ["off"], n, ["query50", "get", "count"])
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--audit", default="off,memory")
+    parser.add_argument("--ops", default="", help="comma-separated subset of query50,get,count,group_sum,create,update")
+    parser.add_argument("-n", type=int, default=2000, help="pairs per operation")
+    parser.add_argument("--per-tenant", type=int, default=10_000)
+    parser.add_argument("--scale", action="store_true")
+    args = parser.parse_args()
+    ops = [o for o in args.ops.split(",") if o]
+    audits = args.audit.split(",")
+
+    async def run() -> None:
+        for backend in args.backends.split(","):
+            engine = sqlite_engine(args.per_tenant) if backend == "sqlite" else pg_engine(args.per_tenant)
+            if engine is None:
+                continue
+            await run_backend(backend, engine, audits, args.n, ops)
+            engine.dispose()
+        if args.scale:
+            await scale(args.n)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
