@@ -1,0 +1,324 @@
+"""LangChain adapter: `OrmAIToolkit` turns a `Toolset` into LangChain tools, and
+`OrmAICallbackHandler` receives the audit events those tools emit.
+
+Importing this module imports langchain-core; `import ormai_agents` does not.
+
+Who is calling:
+- `toolkit.get_tools(principal)` binds every tool to that principal.
+- `toolkit.get_tools()` reads the principal of each call from the run's
+  `config["configurable"]["principal"]` (see `principal_config`). The config reaches the tool
+  through an injected `RunnableConfig` parameter that LangChain hides from the model's schema.
+The principal never comes from tool arguments; a call without one (or with something that is
+not an `ormai_agents.Principal`) is refused with a tool error.
+
+Sessions: each call opens its own session from `session_factory` and closes it; writes are
+committed when the call succeeds. `ainvoke` runs on the caller's event loop with either kind of
+factory (a sync `sessionmaker` blocks the loop while its statements run, as the `Toolset` does
+with a sync session: use an `async_sessionmaker` for concurrent async runs). `invoke` works
+with a sync `sessionmaker`; with an `async_sessionmaker` it is refused (`RuntimeError`, raised to
+the host, not the model), because async engines keep connections tied to the event loop that
+opened them and a sync call would have to run them on a new one.
+
+Tracing: the tools put the principal's tenant and user in their run metadata
+(`ormai_tenant_id`, `ormai_user_id`), which every tracer records, LangSmith included. After every
+toolset call, allowed, denied or failed, the tool emits its `AuditRecord` as a custom event
+named `ormai_audit` (`AUDIT_EVENT`); callback handlers in `config["callbacks"]` receive it,
+`OrmAICallbackHandler` among them, and so does `astream_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import datetime as dt
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool, BaseToolkit, ToolException
+from pydantic import ConfigDict, PrivateAttr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ormai_agents._context import Principal, RunContext
+from ormai_agents._errors import AccessDeniedError, OrmAIError
+from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable, render
+from ormai_agents.audit import AuditRecord, AuditStore
+from ormai_agents.toolset import Toolset
+
+__all__ = ["AUDIT_EVENT", "OrmAICallbackHandler", "OrmAITool", "OrmAIToolkit", "audit_record_from_event", "principal_config"]
+
+log = logging.getLogger("ormai_agents")
+
+AUDIT_EVENT = "ormai_audit"
+"""Name of the custom event carrying an `AuditRecord` (as `AuditRecord.to_dict()`)."""
+
+_WRITES = frozenset({"create", "update", "delete", "bulk_update"})
+_GENERIC = OrmAIError("The request could not be completed. Try again, or try a different request.")
+_NO_PRINCIPAL = AccessDeniedError(
+    "This tool has no identity to run as, so the call was refused. It can't be given in the tool "
+    "arguments; the application must provide it."
+)
+
+
+class _HostError(RuntimeError):
+    """A mistake in how the host application uses the toolkit: raised to the host, not the model."""
+
+
+def _tool_error_text(error: ToolException) -> str:
+    return str(error.args[0]) if error.args else render(_GENERIC.to_dict())
+
+
+def _trace_metadata(principal: Principal) -> dict[str, Any]:
+    return {"ormai_tenant_id": jsonable(principal.tenant_id), "ormai_user_id": jsonable(principal.user_id)}
+
+
+def principal_config(principal: Principal, config: RunnableConfig | None = None) -> RunnableConfig:
+    """`config` (a new dict) with the principal in `configurable` and its tenant and user in
+    `metadata`, so the whole run, model calls included, is traced under that principal.
+
+    Pass it to `agent.invoke(..., config=...)` when the tools came from `get_tools()`.
+    """
+    if not isinstance(principal, Principal):
+        raise TypeError("principal must be an ormai_agents.Principal")
+    base = dict(config or {})
+    base["configurable"] = {**base.get("configurable", {}), "principal": principal}
+    base["metadata"] = {**base.get("metadata", {}), **_trace_metadata(principal)}
+    return base  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Runner:
+    """What every tool of one toolkit shares: the toolset and where sessions come from."""
+
+    toolset: Toolset
+    session_factory: Callable[[], Any]
+
+    async def call(
+        self, spec: ToolSpec, principal: Principal, arguments: dict[str, Any], sink: Callable[[AuditRecord], None], sync: bool
+    ) -> Any:
+        if sync and isinstance(self.session_factory, async_sessionmaker):
+            raise _HostError(_ASYNC_IN_SYNC)
+        session = self.session_factory()
+        if isinstance(session, AsyncSession):
+            if sync:
+                raise _HostError(_ASYNC_IN_SYNC)
+            async with session:
+                result = await spec.run(self.toolset, RunContext(principal, session, on_audit=sink), arguments)
+                if spec.method in _WRITES and session.in_transaction():
+                    await session.commit()
+                return result
+        with session:
+            result = await spec.run(self.toolset, RunContext(principal, session, on_audit=sink), arguments)
+            if spec.method in _WRITES and session.in_transaction():
+                session.commit()
+            return result
+
+
+_ASYNC_IN_SYNC = (
+    "OrmAIToolkit has an async session factory: run the agent or tool with ainvoke/astream, "
+    "or give the toolkit a sync sessionmaker for invoke."
+)
+
+
+def _run_blocking(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a coroutine to completion from sync code: on this thread when no event loop runs
+    here, otherwise on a fresh thread (a running loop can't be re-entered)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(context.run, asyncio.run, make()).result()
+
+
+class OrmAITool(BaseTool):
+    """One toolset operation as a LangChain tool. Made by `OrmAIToolkit.get_tools`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    spec: ToolSpec
+    runner: _Runner
+    principal: Principal | None = None
+    handle_tool_error: Any = _tool_error_text
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return super().invoke(input, self._traced(config), **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await super().ainvoke(input, self._traced(config), **kwargs)
+
+    def _traced(self, config: RunnableConfig | None) -> RunnableConfig | None:
+        # Bound tools carry the principal in their own metadata; unbound ones add it per call.
+        if self.principal is not None:
+            return config
+        principal = (config or {}).get("configurable", {}).get("principal")
+        if not isinstance(principal, Principal):
+            return config
+        config = ensure_config(config)
+        return {**config, "metadata": {**config.get("metadata", {}), **_trace_metadata(principal)}}  # type: ignore[typeddict-item]
+
+    def _principal(self, config: RunnableConfig | None) -> Principal:
+        principal = self.principal
+        if principal is None:
+            principal = (config or {}).get("configurable", {}).get("principal")
+        if not isinstance(principal, Principal):
+            raise ToolException(render(_NO_PRINCIPAL.to_dict()))
+        return principal
+
+    def _run(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
+        # `self` is positional-only so that an argument named "self" is just an unknown argument.
+        principal = self._principal(config)
+        records: list[AuditRecord] = []
+        try:
+            result = _run_blocking(lambda: self.runner.call(self.spec, principal, arguments, records.append, True))
+        except Exception as exc:
+            raise _as_tool_error(exc) from exc
+        finally:
+            for record in records:
+                _emit(record)
+        return render(result)
+
+    async def _arun(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
+        principal = self._principal(config)
+        records: list[AuditRecord] = []
+        try:
+            result = await self.runner.call(self.spec, principal, arguments, records.append, False)
+        except Exception as exc:
+            raise _as_tool_error(exc) from exc
+        finally:
+            for record in records:
+                await _aemit(record)
+        return render(result)
+
+
+def _as_tool_error(exc: Exception) -> Exception:
+    if isinstance(exc, _HostError):
+        return exc
+    if isinstance(exc, OrmAIError):
+        return ToolException(render(exc.to_dict()))
+    # Anything else (e.g. the session factory failing) is logged for the host; the model gets
+    # a generic message with no driver text or traceback.
+    log.error("ormai_agents: unexpected error in a LangChain tool call", exc_info=exc)
+    return ToolException(render(_GENERIC.to_dict()))
+
+
+def _emit(record: AuditRecord) -> None:
+    try:
+        dispatch_custom_event(AUDIT_EVENT, record.to_dict())
+    except Exception:  # outside a run (no parent run id) there is no one to tell
+        log.debug("ormai_agents: audit event not dispatched", exc_info=True)
+
+
+async def _aemit(record: AuditRecord) -> None:
+    try:
+        await adispatch_custom_event(AUDIT_EVENT, record.to_dict())
+    except Exception:
+        log.debug("ormai_agents: audit event not dispatched", exc_info=True)
+
+
+class OrmAIToolkit(BaseToolkit):
+    """LangChain tools for a `Toolset`.
+
+    `session_factory`: a `sessionmaker` or `async_sessionmaker` (any callable returning a
+    `Session` or `AsyncSession`); each tool call opens one session and closes it.
+    `layout`: "generic" (read tools take a `model` enum) or "per_model" (`query_order`, ...);
+    write tools are per model in both. `prefix` is prepended to every tool name.
+
+    The tools depend only on the policy, not on the principal: they are built once per toolkit
+    and `get_tools(principal)` binds copies, so it is cheap to call per request.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+
+    toolset: Toolset
+    session_factory: Callable[[], Any]
+    layout: Layout = "generic"
+    prefix: str = ""
+
+    _tools: list[OrmAITool] | None = PrivateAttr(default=None)
+
+    def get_tools(self, principal: Principal | None = None) -> list[BaseTool]:  # type: ignore[override]
+        """The tools, bound to `principal`; without one, each call reads
+        `config["configurable"]["principal"]` and is refused when there is none."""
+        if principal is not None and not isinstance(principal, Principal):
+            raise TypeError("principal must be an ormai_agents.Principal")
+        tools = self._tools
+        if tools is None:
+            runner = _Runner(self.toolset, self.session_factory)
+            tools = [
+                OrmAITool(
+                    name=spec.name,
+                    description=spec.description,
+                    args_schema=spec.parameters,
+                    spec=spec,
+                    runner=runner,
+                )
+                for spec in build_tool_specs(self.toolset, layout=self.layout, prefix=self.prefix)
+            ]
+            self._tools = tools
+        if principal is None:
+            return [t.model_copy() for t in tools]
+        metadata = _trace_metadata(principal)
+        return [t.model_copy(update={"principal": principal, "metadata": dict(metadata)}) for t in tools]
+
+
+class OrmAICallbackHandler(AsyncCallbackHandler):
+    """Receives the `ormai_audit` events of a run and passes each `AuditRecord` on.
+
+    `audit_store`: where to write the records (e.g. a store of the tracing side; the toolset's
+    own `audit_store` already has them, so don't pass the same store twice).
+    `on_record`: a function (sync or async) called with each record.
+
+    The handler keeps no state about runs: one handler may serve concurrent runs of different
+    principals, and each record says whose call it was (`tenant_id`, `user_id`, `roles`).
+    Errors raised here are logged by LangChain and never change the tool's result.
+    """
+
+    def __init__(
+        self,
+        audit_store: AuditStore | None = None,
+        on_record: Callable[[AuditRecord], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.audit_store = audit_store
+        self.on_record = on_record
+
+    async def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: Any,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if name != AUDIT_EVENT:
+            return
+        record = audit_record_from_event(data)
+        if self.on_record is not None:
+            outcome = self.on_record(record)
+            if inspect.isawaitable(outcome):
+                await outcome
+        if self.audit_store is not None:
+            await self.audit_store.write(record)
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))
+
+
+def audit_record_from_event(data: Any) -> AuditRecord:
+    """The `AuditRecord` carried by an `ormai_audit` event's data."""
+    if isinstance(data, AuditRecord):
+        return data
+    values = {k: data[k] for k in _RECORD_FIELDS if k in data}
+    if isinstance(values.get("timestamp"), str):
+        values["timestamp"] = dt.datetime.fromisoformat(values["timestamp"])
+    return AuditRecord(**values)
