@@ -1,0 +1,598 @@
+"""PostgreSQL row-level security generated from the same `Policy` the toolset enforces.
+
+A second, independent line of defense: the database itself hides other tenants' rows, even from
+code that bypasses the toolset. `generate_rls(toolset)` (or `generate_rls(models, policy)`)
+returns an `RlsPlan`: the DDL and everything the policy holds that SQL can't express, listed in
+`RlsPlan.unsupported` — never silently dropped.
+
+Per table of an allowed model:
+
+- `ENABLE` and `FORCE ROW LEVEL SECURITY` (FORCE: the table owner is bound too).
+- `ormai_scope`, PERMISSIVE, FOR ALL: the bypass conditions OR the scoping rules (ANDed), in
+  `USING` and `WITH CHECK`. A model without scoping gets `true` here, so only its restrict
+  policies limit it (as in the toolset).
+- `ormai_permit_<name>`, PERMISSIVE, FOR SELECT, per `mode="permit"` row policy: widens reads
+  only, and only when every scoping value is present (a missing tenant denies the whole call in
+  the toolset). Writes stay inside the scope, so there is no `WITH CHECK` to give.
+- `ormai_restrict_<name>`, RESTRICTIVE, FOR ALL, per restrict row policy, in `USING` and
+  `WITH CHECK`.
+
+The principal is read from transaction-local settings, which `Toolset(..., rls=True)` sets at the
+start of every call with `set_config(name, value, true)`:
+
+| setting | value |
+| --- | --- |
+| `ormai.tenant_id`, `ormai.user_id` | the value as text (a scalar; anything else is left empty) |
+| `ormai.roles` | a JSON array of strings, `[]` without roles |
+| `ormai.metadata.<key>[.<key>...]` | JSON: a string, a number, or an array of them |
+
+An unset or empty setting means no rows: every reference is wrapped in `NULLIF(..., '')` and a
+condition that needs a missing value is false, as in the toolset. A bypass row policy becomes part
+of `ormai_scope`: its condition is compiled from the same settings, so it holds in the database
+exactly when it holds in the toolset. Jobs that must see every row use a role with `BYPASSRLS`.
+
+This is the one place DDL text is produced. No agent input reaches it: identifiers are quoted by
+the dialect's identifier preparer and literals from the policy are rendered by SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    Text,
+    Time,
+    Uuid,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy import column as sql_column
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeEngine
+
+from ormai_agents import _conditions as c
+from ormai_agents import _types
+from ormai_agents._context import Principal
+from ormai_agents._plan import ModelPlan, build_plans
+from ormai_agents.policy import Policy
+
+if TYPE_CHECKING:
+    from ormai_agents.toolset import Toolset
+
+__all__ = ["RlsPlan", "Unsupported", "generate_rls", "principal_settings", "setting_name", "settings_paths"]
+
+PREFIX = "ormai"
+_GUC_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_IDENT = 63  # PostgreSQL truncates longer identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """One rule of the policy the generated row-level security does not enforce, and why."""
+
+    model: str
+    rule: str  # "scoping tenant_id", "row policy 'name'", "model"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.rule}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class RlsPlan:
+    """The DDL for a policy, and what of the policy it could not express.
+
+    `statements` are complete SQL statements without trailing semicolons, to run in order in one
+    transaction (see `apply`). `settings` lists the settings the policies read.
+    """
+
+    statements: list[str]
+    unsupported: list[Unsupported] = field(default_factory=list)
+    settings: list[str] = field(default_factory=list)
+
+    @property
+    def sql(self) -> str:
+        """The statements as one script."""
+        return "".join(f"{s};\n" for s in self.statements)
+
+    def apply(self, connection: Connection) -> None:
+        """Run the statements on a sync connection, in its current transaction.
+
+        (With an `AsyncConnection`: `await conn.run_sync(plan.apply)`.)
+        """
+        for statement in self.statements:
+            connection.exec_driver_sql(statement)
+
+
+# --- settings: names and values --------------------------------------------------------------
+
+
+def setting_name(path: tuple[str, ...]) -> str | None:
+    """The setting that carries a principal path, or None when PostgreSQL can't name it
+    (a metadata key that is not a simple identifier, such as one with a dash)."""
+    if path[0] != "metadata":
+        return f"{PREFIX}.{path[0]}"
+    if not all(_GUC_KEY.match(k) for k in path[1:]):
+        return None
+    return ".".join((PREFIX, *path))
+
+
+def settings_paths(plans: Mapping[str, ModelPlan]) -> list[tuple[str, ...]]:
+    """Every principal path the plans read: tenant_id, user_id, roles, and metadata paths."""
+    paths: dict[tuple[str, ...], None] = {("tenant_id",): None, ("user_id",): None, ("roles",): None}
+    for plan in plans.values():
+        for _, _, path, _ in plan.scoping:
+            paths[path] = None
+        for compiled in (*plan.bypasses, *plan.permits, *plan.restricts):
+            for op in c.operands(compiled.condition.tree):
+                if isinstance(op, c.Ref):
+                    paths[op.path] = None
+    return list(paths)
+
+
+def _scalar_text(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (int, float, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return None
+
+
+def _json_scalar(value: Any) -> Any:
+    """A JSON-ready scalar, or None when the value can't be a scope value."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    return _scalar_text(value)
+
+
+def _encode(path: tuple[str, ...], value: Any) -> str:
+    if path[0] in ("tenant_id", "user_id"):
+        return _scalar_text(value) or ""
+    if path[0] == "roles":
+        return json.dumps([str(r) for r in value or ()])
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_json_scalar(v) for v in value]
+        if any(v is None for v in items):
+            return ""  # the toolset denies such a list; so does the database
+        return json.dumps(sorted(items, key=str) if isinstance(value, (set, frozenset)) else items)
+    one = _json_scalar(value)
+    return "" if one is None else json.dumps(one)
+
+
+def _metadata_leaves(value: Any, prefix: tuple[str, ...]) -> Iterable[tuple[str, ...]]:
+    for key, item in value.items():
+        path = (*prefix, str(key))
+        if isinstance(item, Mapping):
+            yield from _metadata_leaves(item, path)
+        else:
+            yield path
+
+
+def principal_settings(principal: Principal, paths: Iterable[tuple[str, ...]]) -> dict[str, str]:
+    """The setting values for a principal: the given paths (every one is set, so a value from
+    an earlier call in the same transaction is overwritten) and the principal's own metadata
+    leaves. An empty string means unset: no rows."""
+    out: dict[str, str] = {}
+    folded_names: dict[str, str] = {}  # setting names are case-insensitive in PostgreSQL
+    all_paths = dict.fromkeys(paths)
+    all_paths.update(dict.fromkeys(_metadata_leaves(principal.metadata, ("metadata",))))
+    for path in all_paths:
+        name = setting_name(path)
+        if name is None:
+            continue
+        value = _encode(path, principal.resolve(path))
+        first = folded_names.setdefault(name.lower(), name)
+        if first != name:
+            if out[first] != value:
+                out[first] = ""  # two keys PostgreSQL can't tell apart: neither is usable
+            continue
+        out[name] = value
+    return out
+
+
+def settings_statement(values: Mapping[str, str]) -> Any:
+    """One SELECT that sets every value transaction-locally, names and values bound."""
+    return select(
+        *(func.set_config(literal(n, Text()), literal(v, Text()), true()) for n, v in values.items())
+    )
+
+
+# --- compiling conditions to SQL over the settings -------------------------------------------
+
+
+class _CantExpress(Exception):
+    pass
+
+
+def _cast_type(column_type: TypeEngine[Any]) -> TypeEngine[Any] | None:
+    """The type a setting's text is cast to before comparing it with a column of this type."""
+    if isinstance(column_type, SAEnum):
+        return None
+    if isinstance(column_type, String):
+        # text, not varchar(n): casting to varchar(n) would truncate a longer value into a match.
+        return Text()
+    if isinstance(column_type, Boolean):
+        return Boolean()
+    if isinstance(column_type, Integer):
+        return column_type
+    if isinstance(column_type, (Numeric, Float)):
+        return Numeric()
+    if isinstance(column_type, (Uuid, DateTime, Date, Time)):
+        return column_type
+    return None
+
+
+class _Settings:
+    """SQL reading the principal's settings, and the presence guards a condition needs."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.guards: dict[tuple[tuple[str, ...], str], ColumnElement[bool]] = {}
+        self.names = names  # every setting read, shared across conditions
+
+    def _raw(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        name = setting_name(path)
+        if name is None:
+            raise _CantExpress(
+                f"principal.{'.'.join(path)}: PostgreSQL setting names allow letters, digits and "
+                "underscores only"
+            )
+        self.names.add(name)
+        return func.nullif(func.current_setting(literal(name, Text()), true()), literal("", Text()))
+
+    def _json(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        return cast(self._raw(path), postgresql.JSONB)
+
+    def scalar(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        """The path's single value as text; NULL when unset or not a single value."""
+        if path[0] == "roles":
+            raise _CantExpress("principal.roles is a list; compare it with IN")
+        if path[0] != "metadata":
+            expr = self._raw(path)
+        else:
+            j = self._json(path)
+            expr = case(
+                (func.jsonb_typeof(j).in_(["string", "number"]),
+                 func.jsonb_build_array(j).op("->>", return_type=Text())(0)),  # fmt: skip
+            )
+        self.guards.setdefault((path, "scalar"), expr.is_not(None))
+        return expr
+
+    def number(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        """The path's value as a number; NULL when a metadata value is not a JSON number (the
+        toolset can't compare it with a number either). tenant_id and user_id are cast."""
+        if path[0] == "roles":
+            raise _CantExpress("principal.roles is a list; compare it with IN")
+        if path[0] != "metadata":
+            expr: ColumnElement[Any] = cast(self._raw(path), Numeric())
+        else:
+            j = self._json(path)
+            expr = case(
+                (func.jsonb_typeof(j) == "number",
+                 cast(func.jsonb_build_array(j).op("->>", return_type=Text())(0), Numeric())),  # fmt: skip
+            )
+        self.guards.setdefault((path, "number"), expr.is_not(None))
+        return expr
+
+    def elements(self, path: tuple[str, ...]) -> ColumnElement[Any] | None:
+        """A set-returning expression of the path's values as text (a single value is a set of
+        one); None for tenant_id and user_id, which hold one value."""
+        if path[0] in ("tenant_id", "user_id"):
+            return None
+        j = self._json(path)
+        self.guards.setdefault((path, "set"), j.is_not(None))
+        if path[0] == "roles":
+            return func.jsonb_array_elements_text(j)
+        listed = case(
+            (func.jsonb_typeof(j) == "array", j),
+            (func.jsonb_typeof(j).in_(["string", "number"]), func.jsonb_build_array(j)),
+        )
+        return func.jsonb_array_elements_text(listed)
+
+    def scope_present(self, path: tuple[str, ...]) -> ColumnElement[bool]:
+        """True when the path holds a usable scope value (a non-empty list counts)."""
+        if path[0] in ("tenant_id", "user_id"):
+            return self._raw(path).is_not(None)
+        j = self._json(path)
+        return and_(j.is_not(None), j != cast(literal("[]", Text()), postgresql.JSONB))
+
+
+def _scope_clause(settings: _Settings, column: Any, path: tuple[str, ...]) -> ColumnElement[bool]:
+    target = _cast_type(column.type)
+    if target is None:
+        raise _CantExpress(f"columns of type {column.type!r} can't be compared with a setting")
+    col = sql_column(column.name, column.type)
+    elements = settings.elements(path)
+    if elements is None:
+        return col == cast(settings.scalar(path), target)  # type: ignore[no-any-return]
+    return col.in_(select(cast(elements, target)))
+
+
+class _Compiler:
+    """One row-policy condition as SQL over the table's columns and the principal's settings."""
+
+    def __init__(self, plan: ModelPlan, settings: _Settings) -> None:
+        self.plan = plan
+        self.settings = settings
+
+    def column(self, name: str) -> tuple[Any, TypeEngine[Any]]:
+        core = self.plan.columns[name]
+        return sql_column(core.name, core.type), core.type
+
+    def literal_for(self, name: str, lit: c.Literal) -> Any:
+        _, ctype = self.column(name)
+        return literal(_coerce_literal(self.plan, name, lit.value), ctype)
+
+    def compile(self, node: c.Node) -> ColumnElement[bool]:
+        if isinstance(node, c.Const):
+            return true() if node.value else false()
+        if isinstance(node, c.BoolOp):
+            parts = [self.compile(item) for item in node.items]
+            return and_(*parts) if node.op == "and" else or_(*parts)
+        if isinstance(node, c.Not):
+            return not_(self.compile(node.item))
+        if isinstance(node, c.IsNull):
+            col, _ = self.column(node.column.name)
+            return col.is_not(None) if node.negated else col.is_(None)
+        if isinstance(node, c.Compare):
+            return self.compare(node)
+        return self.in_(node)
+
+    def setting_for_column(self, ref: c.Ref, ctype: TypeEngine[Any]) -> ColumnElement[Any]:
+        target = _cast_type(ctype)
+        if target is None:
+            raise _CantExpress(f"columns of type {ctype!r} can't be compared with a setting")
+        return cast(self.settings.scalar(ref.path), target)
+
+    def compare(self, node: c.Compare) -> ColumnElement[bool]:
+        left, right, op = node.left, node.right, node.op
+        if not isinstance(left, c.Column) and isinstance(right, c.Column):
+            left, right, op = right, left, c._FLIP[op]
+        if isinstance(left, c.Column):
+            col, ctype = self.column(left.name)
+            if isinstance(right, c.Column):
+                rhs: Any = self.column(right.name)[0]
+            elif isinstance(right, c.Literal):
+                rhs = self.literal_for(left.name, right)
+            else:
+                rhs = self.setting_for_column(right, ctype)
+            return c._sql_compare(col, op, rhs)
+        # Both sides are principal values or literals.
+        if isinstance(left, c.Literal) and isinstance(right, c.Literal):
+            try:
+                return true() if c._PY_OPS[op](left.value, right.value) else false()
+            except TypeError:
+                raise _CantExpress("literals of different types can't be compared") from None
+        if isinstance(left, c.Literal):
+            left, right, op = right, left, c._FLIP[op]
+        assert isinstance(left, c.Ref)
+        lhs = self.settings.scalar(left.path)
+        if isinstance(right, c.Ref):
+            if op not in ("=", "!="):
+                raise _CantExpress("principal values can be compared with each other only by = and !=")
+            return c._sql_compare(lhs, op, self.settings.scalar(right.path))
+        value = right.value
+        if isinstance(value, bool):
+            raise _CantExpress("principal values can't be compared with true or false")
+        if isinstance(value, (int, float)):
+            return c._sql_compare(self.settings.number(left.path), op, literal(value))
+        if op not in ("=", "!="):
+            raise _CantExpress("principal values can be compared with text only by = and != (orderings differ)")
+        return c._sql_compare(lhs, op, literal(value, Text()))
+
+    def in_(self, node: c.In) -> ColumnElement[bool]:
+        left, right = node.left, node.right
+        if isinstance(left, c.Column):
+            col, ctype = self.column(left.name)
+            if isinstance(right, c.Ref):
+                elements = self.settings.elements(right.path)
+                if elements is None:
+                    rhs = self.setting_for_column(right, ctype)
+                    return col != rhs if node.negated else col == rhs  # type: ignore[no-any-return]
+                target = _cast_type(ctype)
+                if target is None:
+                    raise _CantExpress(f"columns of type {ctype!r} can't be compared with a setting")
+                sub = select(cast(elements, target))
+                return col.not_in(sub) if node.negated else col.in_(sub)
+            values = [self.literal_for(left.name, lit) for lit in right]
+            return col.not_in(values) if node.negated else col.in_(values)
+        if isinstance(left, c.Literal):
+            if isinstance(right, c.Ref):
+                if not isinstance(left.value, str):
+                    raise _CantExpress("only text literals can be looked up IN a principal value")
+                elements = self.settings.elements(right.path)
+                needle = literal(left.value, Text())
+                if elements is None:
+                    found: ColumnElement[bool] = self.settings.scalar(right.path) == needle
+                    return not_(found) if node.negated else found
+                sub = select(elements)
+                return needle.not_in(sub) if node.negated else needle.in_(sub)
+            hit = left.value in [lit.value for lit in right]
+            return true() if hit != node.negated else false()
+        assert isinstance(left, c.Ref)
+        if isinstance(right, c.Ref):
+            raise _CantExpress("a principal value IN another principal value can't be expressed")
+        values = [lit.value for lit in right]
+        lhs = self.settings.scalar(left.path)
+        if all(isinstance(v, str) for v in values):
+            sql_values = [literal(v, Text()) for v in values]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            lhs = self.settings.number(left.path)
+            sql_values = [literal(v) for v in values]
+        else:
+            raise _CantExpress("an IN list compared with a principal value must hold only text or only numbers")
+        return lhs.not_in(sql_values) if node.negated else lhs.in_(sql_values)
+
+
+def _coerce_literal(plan: ModelPlan, name: str, value: Any) -> Any:
+    core = plan.columns[name]
+    try:
+        return _types.make_coercer(_types.python_type(core.type))(value)
+    except ValueError as exc:  # pragma: no cover - rejected when the plan was built
+        raise _CantExpress(str(exc)) from None
+
+
+# --- DDL ---------------------------------------------------------------------------------------
+
+
+def generate_rls(
+    models: Any,
+    policy: Policy | None = None,
+    *,
+    dialect: Dialect | None = None,
+) -> RlsPlan:
+    """The row-level security DDL for a `Toolset`, or for mapped classes and a `Policy`.
+
+    `dialect` renders identifiers and literals (pass a connected engine's dialect to match the
+    server's string settings); by default a PostgreSQL dialect with standard-conforming strings.
+    """
+    if policy is None:
+        plans = _toolset_plans(models)
+    else:
+        plans = build_plans(models, policy)
+    dialect = dialect or postgresql.dialect()
+    if dialect.name != "postgresql":
+        raise ValueError("row-level security is generated for PostgreSQL only")
+    statements: list[str] = []
+    unsupported: list[Unsupported] = []
+    names: set[str] = set()
+    owners: dict[Any, str] = {}
+    for model, plan in plans.items():
+        table = plan.selectable
+        if not isinstance(table, Table):
+            unsupported.append(Unsupported(model, "model", "mapped to more than one table (joined inheritance); "
+                                           "row-level security is per table"))  # fmt: skip
+            continue
+        if table in owners:
+            unsupported.append(Unsupported(model, "model", f"shares its table with {owners[table]}; "
+                                           "its rules are not added to that table's policies"))  # fmt: skip
+            continue
+        owners[table] = model
+        statements += _model_statements(model, plan, table, dialect, names, unsupported)
+    return RlsPlan(statements, unsupported, sorted(names))
+
+
+def _toolset_plans(toolset: Any) -> dict[str, ModelPlan]:
+    from ormai_agents.toolset import Toolset
+
+    if not isinstance(toolset, Toolset):
+        raise TypeError("generate_rls takes a Toolset, or mapped classes and a Policy")
+    return {name: toolset.plan(name) for name in toolset.model_names}
+
+
+def _model_statements(
+    model: str,
+    plan: ModelPlan,
+    table: Table,
+    dialect: Dialect,
+    names: set[str],
+    unsupported: list[Unsupported],
+) -> list[str]:
+    preparer = dialect.identifier_preparer
+    qtable = preparer.format_table(table)
+
+    def render(expr: ColumnElement[bool]) -> str:
+        return str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+    def attempt(rule: str, build: Callable[[], ColumnElement[bool]]) -> str | None:
+        try:
+            return render(build())
+        except _CantExpress as exc:
+            unsupported.append(Unsupported(model, rule, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a literal SQLAlchemy can't render
+            unsupported.append(Unsupported(model, rule, f"can't be rendered as SQL ({type(exc).__name__})"))
+        return None
+
+    # Scoping: one conjunction; each rule that can't be expressed is reported and left out.
+    scope_parts: list[ColumnElement[bool]] = []
+    present: list[ColumnElement[bool]] = []
+    for fname, column, path, _ in plan.scoping:
+        settings = _Settings(names)
+
+        def scope_rule() -> ColumnElement[bool]:
+            if column.table is not table:
+                raise _CantExpress("the column is not on the model's table")
+            return _scope_clause(settings, column, path)
+
+        if attempt(f"scoping {fname}", scope_rule) is not None:
+            scope_parts.append(_scope_clause(settings, column, path))
+            present.append(settings.scope_present(path))
+
+    def condition(node: c.Node, extra: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+        settings = _Settings(names)
+        sql = _Compiler(plan, settings).compile(node)
+        # A condition that needs a missing principal value holds for no row, like the toolset's.
+        return and_(*extra, *settings.guards.values(), sql)
+
+    bypasses: list[str] = []
+    for rp in plan.bypasses:
+        text = attempt(f"row policy {rp.policy.name!r} (bypass)", lambda: condition(rp.condition.tree, []))
+        if text is not None:
+            bypasses.append(text)
+
+    out = [
+        f"ALTER TABLE {qtable} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {qtable} FORCE ROW LEVEL SECURITY",
+    ]
+
+    def create(kind: str, label: str, mode: str, command: str, using: str, check: bool) -> None:
+        pname = preparer.quote(_policy_name(kind, label))
+        out.append(f"DROP POLICY IF EXISTS {pname} ON {qtable}")
+        ddl = f"CREATE POLICY {pname} ON {qtable} AS {mode} FOR {command} USING ({using})"
+        out.append(ddl + (f" WITH CHECK ({using})" if check else ""))
+
+    if plan.scoping and scope_parts:
+        scope = render(and_(*scope_parts))
+        using = " OR ".join([f"({b})" for b in bypasses] + [f"({scope})"]) if bypasses else scope
+    else:
+        using = "true"
+    create("scope", "", "PERMISSIVE", "ALL", using, True)
+    for rp in plan.permits:
+        text = attempt(f"row policy {rp.policy.name!r}", lambda: condition(rp.condition.tree, present))
+        if text is not None:
+            create("permit", rp.policy.name, "PERMISSIVE", "SELECT", text, False)
+    for rp in plan.restricts:
+        text = attempt(f"row policy {rp.policy.name!r}", lambda: condition(rp.condition.tree, []))
+        if text is not None:
+            create("restrict", rp.policy.name, "RESTRICTIVE", "ALL", text, True)
+    return out
+
+
+def _policy_name(kind: str, label: str) -> str:
+    name = f"ormai_{kind}_{label}" if label else f"ormai_{kind}"
+    if len(name.encode()) > _MAX_IDENT:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        name = name.encode()[: _MAX_IDENT - 11].decode(errors="ignore") + "_" + digest
+    return name

@@ -1,0 +1,315 @@
+"""Row-level security generated from the policy, on the real PostgreSQL.
+
+The database is checked on its own: an application role that does not own the tables reads and
+writes with raw SQLAlchemy statements or through a toolset whose policy has no scoping at all,
+and must still see exactly what the toolset's full policy allows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, delete, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool, QueuePool
+
+from ormai_agents import (
+    AccessDeniedError,
+    DatabaseError,
+    FieldAction,
+    ModelPolicy,
+    Policy,
+    PolicyError,
+    Principal,
+    RowPolicy,
+    RunContext,
+    Toolset,
+)
+from ormai_agents.rls import generate_rls, principal_settings, settings_paths, settings_statement
+from tests import shop
+from tests.conftest import make_backend, pg_url
+
+ALL = FieldAction.Allow
+
+
+def rls_policy() -> Policy:
+    """Scoping by scalar and by list, permit, restrict and bypass policies, hostile literals."""
+    return Policy(
+        models={
+            "Tenant": ModelPolicy(fields={"id": ALL, "name": ALL}, scoping={"id": "principal.tenant_id"}),
+            "Customer": ModelPolicy(
+                default_field_action=ALL,
+                scoping={"tenant_id": "principal.metadata.tenants"},
+                row_policies=[RowPolicy("no-obrien", "name != 'O''Brien'")],
+            ),
+            "Order": ModelPolicy(
+                default_field_action=ALL,
+                scoping={"tenant_id": "principal.tenant_id"},
+                row_policies=[
+                    RowPolicy("own-or-manager", "owner_id = principal.user_id OR 'manager' IN principal.roles"),
+                    RowPolicy("no-odd-status", "status IS NULL OR status NOT IN ('back\\slash', 'x%_\\y', '100%')"),
+                    RowPolicy("partner-shipped", "status = 'shipped' AND principal.metadata.partner = 'yes'", mode="permit"),
+                    RowPolicy("support", "'support' IN principal.roles", bypass=True),
+                ],
+            ),
+            "Document": ModelPolicy(
+                default_field_action=ALL,
+                scoping={"tenant_id": "principal.tenant_id"},
+                row_policies=[
+                    RowPolicy("public", "is_public = true", mode="permit"),
+                    RowPolicy("admin", "'admin' IN principal.roles", bypass=True),
+                    RowPolicy("clearance", "title != 'Roadmap' OR principal.metadata.level >= 3"),
+                ],
+            ),
+        },
+        max_rows=50,
+    )
+
+
+def open_policy() -> Policy:
+    """Every row and field visible: the application-level scoping switched off."""
+    return Policy(models={name: ModelPolicy(default_field_action=ALL) for name in ("Tenant", "Customer", "Order", "Document")})
+
+
+PRINCIPALS = [
+    Principal(tenant_id="acme", user_id="u1", metadata={"tenants": ["acme", "globex"], "partner": "yes", "level": 3}),
+    Principal(tenant_id="globex", user_id="u2", roles=("manager",), metadata={"tenants": "globex", "level": "1"}),
+    Principal(tenant_id="initech", user_id="u3", roles=("admin", "support"), metadata={"tenants": [], "level": 5}),
+    Principal(user_id="u1", metadata={"tenants": ["acme"]}),  # no tenant
+    Principal(tenant_id="", user_id="u2", roles=("admin",)),  # empty tenant
+    Principal(tenant_id="acme", roles=("manager",), metadata={"tenants": ["initech", None]}),  # no user
+    Principal(tenant_id="acme' OR '1'='1", user_id="u1' OR '1'='1", metadata={"tenants": "x' OR 'a'='a"}),
+    Principal(tenant_id="acme", user_id="u2", roles=("support",), metadata={"tenants": {"nested": "acme"}}),
+]
+MODELS = {"Tenant": shop.Tenant, "Customer": shop.Customer, "Order": shop.Order, "Document": shop.Document}
+
+
+class Pg:
+    def __init__(self, backend: Any, role: str, schema: str) -> None:
+        self.backend = backend  # owner (superuser) engines: row-level security does not apply
+        self.role = role
+        url = pg_url("psycopg").set(username=role)
+        self.app = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0,
+                                 connect_args={"options": f"-csearch_path={schema}"})  # fmt: skip
+        self.app_async = create_async_engine(
+            pg_url("asyncpg").set(username=role), poolclass=NullPool,
+            connect_args={"server_settings": {"search_path": schema}},
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pg]:
+    backend, cleanup = make_backend("postgres", tmp_path_factory.mktemp("rls"))
+    shop.Base.metadata.create_all(backend.sync_engine)
+    with backend.session() as s:
+        s.add_all(shop.seed_rows())
+        s.commit()
+    role = f"ormai_app_{uuid.uuid4().hex[:10]}"
+    with backend.sync_engine.begin() as conn:
+        schema = conn.execute(text("select current_schema()")).scalar_one()
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+        generate_rls(shop.Base, rls_policy()).apply(conn)
+    env = Pg(backend, role, schema)
+    try:
+        yield env
+    finally:
+        env.app.dispose()
+        cleanup()
+        with backend.sync_engine.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        backend.sync_engine.dispose()
+
+
+PATHS = settings_paths({})  # tenant_id, user_id, roles
+FULL_PATHS = list(dict.fromkeys([*PATHS, ("metadata", "tenants"), ("metadata", "partner"), ("metadata", "level")]))
+
+
+def rls_ids(conn: Any, principal: Principal, model: type) -> list[int | str]:
+    """The ids the database alone lets the principal see: raw select, no application scoping."""
+    conn.execute(settings_statement(principal_settings(principal, FULL_PATHS)))
+    return sorted(conn.execute(select(model.id)).scalars())
+
+
+async def app_ids(toolset: Toolset, db: Any, principal: Principal, model: str) -> list[int | str] | None:
+    """The ids the toolset returns; None when it refuses the principal."""
+    ids: list[Any] = []
+    cursor = None
+    try:
+        while True:
+            page = await toolset.query(RunContext(principal, db), model=model, select=["id"], limit=50, cursor=cursor)
+            ids += [r["id"] for r in page.rows]
+            cursor = page.next_cursor
+            if cursor is None:
+                return sorted(ids)
+    except AccessDeniedError:
+        return None
+
+
+def test_app_role_does_not_own_the_tables(pg: Pg) -> None:
+    with pg.app.connect() as conn:
+        owners = conn.execute(text("select tableowner from pg_tables where tablename = 'orders' and schemaname = current_schema()")).scalars().all()
+        me = conn.execute(text("select current_user, rolbypassrls, rolsuper from pg_roles where rolname = current_user")).one()
+    assert owners and owners[0] != pg.role
+    assert me == (pg.role, False, False)
+
+
+def test_unset_settings_mean_no_rows(pg: Pg) -> None:
+    with pg.app.connect() as conn:
+        for model in MODELS.values():
+            assert conn.execute(select(model.id)).all() == []
+        conn.rollback()
+
+
+async def test_database_alone_matches_the_toolset(pg: Pg) -> None:
+    """Differential: ids visible via RLS only (raw selects as the app role) == the toolset's ids
+    (application scoping on the owner connection, where RLS does not apply)."""
+    app = Toolset(shop.Base, rls_policy(), secret_key=b"k" * 32)
+    seen_any = total_any = False
+    with pg.backend.session() as owner, pg.app.connect() as conn:
+        for model_name, model in MODELS.items():
+            total = sorted(owner.execute(select(model.id)).scalars())
+            for principal in PRINCIPALS:
+                expected = await app_ids(app, owner, principal, model_name)
+                got = rls_ids(conn, principal, model)
+                conn.rollback()
+                assert got == (expected or []), (model_name, principal)
+                seen_any |= bool(got)
+                total_any |= got == total
+                assert got != total or principal.roles, (model_name, principal)
+    assert seen_any, "the oracle must not be empty"
+    assert total_any, "bypass principals see every row"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_toolset_without_scoping_is_still_isolated(pg: Pg, mode: str) -> None:
+    """A toolset whose policy has no scoping at all, with rls=True, running as the app role."""
+    app = Toolset(shop.Base, rls_policy(), secret_key=b"k" * 32)
+    unscoped = Toolset(shop.Base, open_policy(), secret_key=b"k" * 32, rls=True)
+    with pg.backend.session() as owner:
+        for principal in PRINCIPALS:
+            for model in MODELS:
+                expected = await app_ids(app, owner, principal, model) or []
+                if mode == "sync":
+                    with Session(pg.app) as s:
+                        got = await app_ids(unscoped, s, principal, model)
+                else:
+                    async with AsyncSession(pg.app_async) as s:
+                        got = await app_ids(unscoped, s, principal, model)
+                assert got == expected, (model, principal)
+
+
+async def test_settings_are_bound_and_transaction_local(pg: Pg) -> None:
+    unscoped = Toolset(shop.Base, open_policy(), secret_key=b"k" * 32, rls=True)
+    hostile = Principal(tenant_id="acme'; DROP TABLE orders; --", user_id="u1")
+    with Session(pg.app) as s:
+        assert (await unscoped.query(RunContext(hostile, s), model="Order")).rows == []
+        assert s.execute(text("select current_setting('ormai.tenant_id', true)")).scalar() == hostile.tenant_id
+        s.commit()
+        assert s.execute(text("select current_setting('ormai.tenant_id', true)")).scalar() in (None, "")
+        rows = (await unscoped.query(RunContext(Principal(tenant_id="acme", user_id="u1"), s), model="Order")).rows
+        assert rows and {r["tenant_id"] for r in rows} == {"acme"}
+        s.rollback()
+    with pg.backend.session() as owner:
+        assert owner.execute(select(shop.Order.id).limit(1)).all()
+
+
+async def test_failed_call_leaves_no_tenant_on_the_pooled_connection(pg: Pg) -> None:
+    # A restrict policy whose principal value can't be cast makes the statement fail in the database.
+    failing = Policy(models={"Order": ModelPolicy(
+        default_field_action=ALL,
+        row_policies=[RowPolicy("qty", "quantity >= principal.metadata.min_qty")],
+    )})  # fmt: skip
+    toolset = Toolset(shop.Base, open_policy(), secret_key=b"k" * 32, rls=True)
+    with pg.backend.sync_engine.begin() as conn:
+        conn.execute(text('DROP POLICY IF EXISTS "ormai_restrict_qty" ON orders'))
+        generate_rls(shop.Base, failing).apply(conn)
+    try:
+        principal = Principal(tenant_id="acme", user_id="u1", metadata={"min_qty": "not a number"})
+        with Session(pg.app) as s:
+            pid = s.execute(text("select pg_backend_pid()")).scalar()
+            s.commit()
+            with pytest.raises(DatabaseError):
+                await toolset.query(RunContext(principal, s), model="Order")
+            # The same session, then the same pooled connection, carry no tenant.
+            assert s.execute(text("select current_setting('ormai.tenant_id', true)")).scalar() in (None, "")
+        with pg.app.connect() as conn:
+            assert conn.execute(text("select pg_backend_pid()")).scalar() == pid
+            assert conn.execute(text("select current_setting('ormai.tenant_id', true)")).scalar() in (None, "")
+            assert conn.execute(text("select current_setting('ormai.metadata.min_qty', true)")).scalar() in (None, "")
+            assert conn.execute(select(shop.Order.id)).all() == []
+    finally:
+        with pg.backend.sync_engine.begin() as conn:
+            conn.execute(text('DROP POLICY IF EXISTS "ormai_restrict_qty" ON orders'))
+
+
+def test_writes_are_checked_by_the_database(pg: Pg) -> None:
+    acme = Principal(tenant_id="acme", user_id="u1", metadata={"level": 3})
+    with pg.backend.session() as owner:
+        foreign = owner.execute(select(shop.Document.id, shop.Document.is_public).where(
+            shop.Document.tenant_id.is_distinct_from("acme"))).all()  # fmt: skip
+        own = owner.execute(select(shop.Document.id).where(
+            shop.Document.tenant_id == "acme", shop.Document.title != "Roadmap")).scalars().first()  # fmt: skip
+    assert own is not None
+    assert any(public for _, public in foreign), "seed must have public documents of other tenants"
+    foreign_ids = [d for d, _ in foreign]
+
+    def as_acme(conn: Any, principal: Principal = acme) -> None:
+        conn.execute(settings_statement(principal_settings(principal, FULL_PATHS)))
+
+    with pg.app.connect() as conn:
+        as_acme(conn)
+        visible = set(conn.execute(select(shop.Document.id)).scalars())
+        assert visible & set(foreign_ids), "public documents of other tenants are readable (permit)"
+        # ...but another tenant's rows, public or not, can't be changed or deleted.
+        assert conn.execute(update(shop.Document).where(shop.Document.id.in_(foreign_ids)).values(title="pwned")).rowcount == 0
+        assert conn.execute(delete(shop.Document).where(shop.Document.id.in_(foreign_ids))).rowcount == 0
+        # An own row may be changed.
+        assert conn.execute(update(shop.Document).where(shop.Document.id == own).values(title="ok")).rowcount == 1
+        conn.rollback()
+    # WITH CHECK: rows can't be moved or created outside the scope or the restrict policies.
+    low = Principal(tenant_id="acme", user_id="u1", metadata={"level": 1})
+    for principal, stmt in (
+        (acme, update(shop.Document).where(shop.Document.id == own).values(tenant_id="globex")),
+        (acme, update(shop.Document).where(shop.Document.id == own).values(tenant_id=None)),
+        (acme, insert(shop.Document).values(id=1000, tenant_id="globex", title="x", is_public=False)),
+        (acme, insert(shop.Document).values(id=1001, tenant_id=None, title="x", is_public=True)),
+        (low, insert(shop.Document).values(id=1002, tenant_id="acme", title="Roadmap", is_public=False)),
+        (low, update(shop.Document).where(shop.Document.id == own).values(title="Roadmap")),
+    ):
+        with pg.app.connect() as conn:
+            as_acme(conn, principal)
+            with pytest.raises(DBAPIError) as info:
+                conn.execute(stmt)
+            assert getattr(info.value.orig, "sqlstate", None) == "42501"  # row-level security violation
+            conn.rollback()
+    with pg.app.connect() as conn:
+        # No settings: nothing can be inserted.
+        with pytest.raises(DBAPIError):
+            conn.execute(insert(shop.Document).values(id=1003, tenant_id="acme", title="x", is_public=False))
+        conn.rollback()
+        # A bypass principal (the admin role, compiled into ormai_scope) may write any tenant's row.
+        as_acme(conn, Principal(tenant_id="acme", user_id="u1", roles=("admin",), metadata={"level": 3}))
+        conn.execute(insert(shop.Document).values(id=1004, tenant_id="globex", title="x", is_public=False))
+        assert conn.execute(select(shop.Document.id).where(shop.Document.id == 1004)).scalar() == 1004
+        conn.rollback()
+
+
+async def test_rls_option_needs_postgresql(tmp_path: Any) -> None:
+    backend, cleanup = make_backend("sqlite", tmp_path)
+    try:
+        shop.Base.metadata.create_all(backend.sync_engine)
+        toolset = Toolset(shop.Base, shop.shop_policy(), rls=True)
+        with backend.session() as s, pytest.raises(PolicyError, match="PostgreSQL"):
+            await toolset.query(RunContext(Principal(tenant_id="acme"), s), model="Order")
+        with pytest.raises(TypeError):
+            Toolset(shop.Base, shop.shop_policy(), rls="yes")  # type: ignore[arg-type]
+    finally:
+        cleanup()
