@@ -1,4 +1,4 @@
-"""The `ormai-agents` command: demo, schema, lint and audit.
+"""The `ormai-agents` command: demo, schema, lint, rls and audit.
 
 Commands are registered on `app` (a Typer application); other modules add theirs with
 `@app.command()`. Heavy imports (frameworks, the demo) happen inside the commands, so
@@ -274,6 +274,69 @@ def lint(
             con.print(out)
     if findings:
         raise typer.Exit(1)
+
+
+# --- rls ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def rls(
+    policy: PolicyOpt,
+    db: Annotated[str, typer.Option(help="SQLAlchemy URL of the PostgreSQL database.")],
+    models: ModelsOpt = None,
+    table: TablesOpt = None,
+    db_schema: SchemaOpt = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Run the DDL in one transaction (as the tables' owner).")] = False,
+    allow_unsupported: Annotated[
+        bool, typer.Option("--allow-unsupported", help="Apply even when part of the policy can't be expressed.")
+    ] = False,
+) -> None:
+    """PostgreSQL row-level security DDL generated from the policy (see ormai_agents.rls).
+
+    Prints the DDL; exits 1 when part of the policy can't be expressed in SQL (listed on stderr).
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ormai_agents.rls import generate_rls_for_database
+
+    pol = _policy(policy)
+    model_source = None
+    if models:
+        try:
+            model_source = load_models(models)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise fail(f"--models {models}: {exc}") from None
+    try:
+        tables = _table_map(table)
+        engine = create_engine(_sync_url(db))
+    except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    try:
+        plan = generate_rls_for_database(pol, engine, models=model_source, tables=tables, schema=db_schema)
+        if apply and (allow_unsupported or not plan.unsupported):
+            with engine.begin() as conn:
+                plan.apply(conn)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"the database refused: {type(exc).__name__}") from None
+    finally:
+        engine.dispose()
+    typer.echo(plan.sql, nl=False)
+    err = Console(stderr=True, highlight=False)
+    if plan.unsupported:
+        out = Table(title=f"{len(plan.unsupported)} rule(s) the database will NOT enforce", show_lines=True)
+        for col in ("model", "rule", "why"):
+            out.add_column(col, overflow="fold")
+        for u in plan.unsupported:
+            out.add_row(u.model, u.rule, u.reason)
+        err.print(out)
+        if apply and not allow_unsupported:
+            err.print("[red]Nothing applied[/]: fix the rules above or pass --allow-unsupported.")
+        raise typer.Exit(1)
+    if apply:
+        err.print(f"[green]✓[/] applied {len(plan.statements)} statements")
 
 
 def _finding_dict(f: Any) -> dict[str, Any]:

@@ -73,8 +73,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.types import TypeEngine
 
 from ormai_agents import _conditions as c
@@ -86,7 +87,16 @@ from ormai_agents.policy import Policy
 if TYPE_CHECKING:
     from ormai_agents.toolset import Toolset
 
-__all__ = ["RlsPlan", "Unsupported", "generate_rls", "principal_settings", "setting_name", "settings_paths"]
+__all__ = [
+    "RlsPlan",
+    "Unsupported",
+    "generate_rls",
+    "generate_rls_for_database",
+    "principal_settings",
+    "setting_name",
+    "settings_paths",
+    "settings_statement",
+]
 
 PREFIX = "ormai"
 _GUC_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -116,6 +126,8 @@ class RlsPlan:
     statements: list[str]
     unsupported: list[Unsupported] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)
+    # (schema or None, table, policy name) of every policy created
+    policies: list[tuple[str | None, str, str]] = field(default_factory=list)
 
     @property
     def sql(self) -> str:
@@ -146,7 +158,7 @@ def setting_name(path: tuple[str, ...]) -> str | None:
 
 def settings_paths(plans: Mapping[str, ModelPlan]) -> list[tuple[str, ...]]:
     """Every principal path the plans read: tenant_id, user_id, roles, and metadata paths."""
-    paths: dict[tuple[str, ...], None] = {("tenant_id",): None, ("user_id",): None, ("roles",): None}
+    paths: dict[tuple[str, ...], None] = dict.fromkeys(_BASE_PATHS)
     for plan in plans.values():
         for _, _, path, _ in plan.scoping:
             paths[path] = None
@@ -201,13 +213,20 @@ def _metadata_leaves(value: Any, prefix: tuple[str, ...]) -> Iterable[tuple[str,
             yield path
 
 
-def principal_settings(principal: Principal, paths: Iterable[tuple[str, ...]]) -> dict[str, str]:
-    """The setting values for a principal: the given paths (every one is set, so a value from
-    an earlier call in the same transaction is overwritten) and the principal's own metadata
-    leaves. An empty string means unset: no rows."""
+_BASE_PATHS = (("tenant_id",), ("user_id",), ("roles",))
+
+
+def principal_settings(principal: Principal, paths: Iterable[tuple[str, ...]] = _BASE_PATHS) -> dict[str, str]:
+    """The setting values for a principal: tenant_id, user_id, roles and the given paths (every
+    one is set, so a value from an earlier call in the same transaction is overwritten), and the
+    principal's own metadata values. An empty string means unset: no rows.
+
+    `session.execute(settings_statement(principal_settings(principal)))` makes your own
+    statements in that transaction run under the row-level security of that principal.
+    """
     out: dict[str, str] = {}
     folded_names: dict[str, str] = {}  # setting names are case-insensitive in PostgreSQL
-    all_paths = dict.fromkeys(paths)
+    all_paths = dict.fromkeys((*_BASE_PATHS, *paths))
     all_paths.update(dict.fromkeys(_metadata_leaves(principal.metadata, ("metadata",))))
     for path in all_paths:
         name = setting_name(path)
@@ -488,6 +507,7 @@ def generate_rls(
     statements: list[str] = []
     unsupported: list[Unsupported] = []
     names: set[str] = set()
+    created: list[tuple[str | None, str, str]] = []
     owners: dict[Any, str] = {}
     for model, plan in plans.items():
         table = plan.selectable
@@ -500,8 +520,8 @@ def generate_rls(
                                            "its rules are not added to that table's policies"))  # fmt: skip
             continue
         owners[table] = model
-        statements += _model_statements(model, plan, table, dialect, names, unsupported)
-    return RlsPlan(statements, unsupported, sorted(names))
+        statements += _model_statements(model, plan, table, dialect, names, unsupported, created)
+    return RlsPlan(statements, unsupported, sorted(names), created)
 
 
 def _toolset_plans(toolset: Any) -> dict[str, ModelPlan]:
@@ -519,6 +539,7 @@ def _model_statements(
     dialect: Dialect,
     names: set[str],
     unsupported: list[Unsupported],
+    created: list[tuple[str | None, str, str]],
 ) -> list[str]:
     preparer = dialect.identifier_preparer
     qtable = preparer.format_table(table)
@@ -568,7 +589,9 @@ def _model_statements(
     ]
 
     def create(kind: str, label: str, mode: str, command: str, using: str, check: bool) -> None:
-        pname = preparer.quote(_policy_name(kind, label))
+        raw = _policy_name(kind, label)
+        created.append((table.schema, table.name, raw))
+        pname = preparer.quote(raw)
         out.append(f"DROP POLICY IF EXISTS {pname} ON {qtable}")
         ddl = f"CREATE POLICY {pname} ON {qtable} AS {mode} FOR {command} USING ({using})"
         out.append(ddl + (f" WITH CHECK ({using})" if check else ""))
@@ -596,3 +619,50 @@ def _policy_name(kind: str, label: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:10]
         name = name.encode()[: _MAX_IDENT - 11].decode(errors="ignore") + "_" + digest
     return name
+
+
+def generate_rls_for_database(
+    policy: Policy,
+    engine: Engine,
+    *,
+    models: Any = None,
+    tables: Mapping[str, str] | None = None,
+    schema: str | None = None,
+) -> RlsPlan:
+    """`generate_rls` against a live PostgreSQL database (what `ormai-agents rls` runs).
+
+    Without `models`, the policy's models are reflected from the database (see
+    `ormai_agents.lint.reflect_models`; `tables` maps model names to table names). Literals are
+    rendered for the connected server, and policies named `ormai_*` on the policy's tables that
+    the policy no longer produces are dropped first, so a removed row policy leaves the database
+    too.
+    """
+    from ormai_agents._errors import PolicyError
+
+    with engine.connect() as conn:  # connecting initializes the dialect from the server
+        if engine.dialect.name != "postgresql":
+            raise PolicyError("row-level security needs PostgreSQL; the database given is " + engine.dialect.name)
+        if models is None:
+            from ormai_agents.lint import reflect_models
+
+            models, findings = reflect_models(conn, policy, tables=tables, schema=schema)
+            if findings:
+                raise PolicyError("; ".join(f.message for f in findings))
+        plan = generate_rls(models, policy, dialect=engine.dialect)
+        default_schema = conn.execute(select(func.current_schema())).scalar_one()
+        pg_policies = sql_table("pg_policies", sql_column("schemaname"), sql_column("tablename"), sql_column("policyname"))
+        existing = conn.execute(
+            select(pg_policies.c.schemaname, pg_policies.c.tablename, pg_policies.c.policyname).where(
+                pg_policies.c.policyname.startswith("ormai_", autoescape=True)
+            )
+        ).all()
+        conn.rollback()
+    preparer = engine.dialect.identifier_preparer
+    ours = {(sch or default_schema, tbl) for sch, tbl, _ in plan.policies}
+    kept = {(sch or default_schema, tbl, name) for sch, tbl, name in plan.policies}
+    stale = [
+        f"DROP POLICY IF EXISTS {preparer.quote(name)} ON {preparer.quote_schema(sch)}.{preparer.quote(tbl)}"
+        for sch, tbl, name in existing
+        if (sch, tbl) in ours and (sch, tbl, name) not in kept
+    ]
+    return RlsPlan(stale + plan.statements, plan.unsupported, plan.settings, plan.policies)

@@ -93,6 +93,7 @@ class Pg:
     def __init__(self, backend: Any, role: str, schema: str) -> None:
         self.backend = backend  # owner (superuser) engines: row-level security does not apply
         self.role = role
+        self.schema = schema
         url = pg_url("psycopg").set(username=role)
         self.app = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0,
                                  connect_args={"options": f"-csearch_path={schema}"})  # fmt: skip
@@ -313,3 +314,136 @@ async def test_rls_option_needs_postgresql(tmp_path: Any) -> None:
             Toolset(shop.Base, shop.shop_policy(), rls="yes")  # type: ignore[arg-type]
     finally:
         cleanup()
+
+
+# --- generation without a database ----------------------------------------------------------------
+
+from sqlalchemy import JSON, Integer, String  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column  # noqa: E402
+
+
+class _Odd(DeclarativeBase):
+    pass
+
+
+class Gadget(_Odd):
+    __tablename__ = "gadgets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    attrs: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    region: Mapped[str] = mapped_column(String(20))
+
+
+def test_what_sql_cannot_express_is_reported_not_dropped() -> None:
+    policy = Policy(models={"Gadget": ModelPolicy(
+        default_field_action=ALL,
+        scoping={"tenant_id": "principal.tenant_id", "attrs": "principal.metadata.attrs"},
+        row_policies=[
+            RowPolicy("dash", "region = principal.metadata.home-region"),
+            RowPolicy("roles-eq", "principal.roles = 'x' OR region = 'eu'"),
+            RowPolicy("flag", "principal.metadata.beta = true", mode="permit"),
+            RowPolicy("fine", "region != 'x''); DROP TABLE gadgets; --'"),
+        ],
+    )})  # fmt: skip
+    plan = generate_rls(_Odd, policy)
+    problems = {(u.model, u.rule) for u in plan.unsupported}
+    assert problems == {
+        ("Gadget", "scoping attrs"),
+        ("Gadget", "row policy 'dash'"),
+        ("Gadget", "row policy 'roles-eq'"),
+        ("Gadget", "row policy 'flag'"),
+    }
+    assert all(u.reason for u in plan.unsupported)
+    sql = plan.sql
+    # What can be expressed still is: the tenant scoping and the restrict with a hostile literal,
+    # rendered as one quoted literal.
+    assert "tenant_id = CAST(nullif(current_setting('ormai.tenant_id', true), '') AS TEXT)" in sql
+    assert "region != 'x''); DROP TABLE gadgets; --'" in sql
+    assert "ormai_restrict_fine" in sql and "ormai_restrict_dash" not in sql
+    assert sql.count("ENABLE ROW LEVEL SECURITY") == 1 and sql.count("FORCE ROW LEVEL SECURITY") == 1
+
+
+def test_generation_from_a_toolset_matches_models_and_policy() -> None:
+    toolset = Toolset(shop.Base, rls_policy())
+    assert generate_rls(toolset) == generate_rls(shop.Base, rls_policy())
+    plan = generate_rls(toolset)
+    assert plan.settings == ["ormai.metadata.level", "ormai.metadata.partner", "ormai.metadata.tenants",
+                             "ormai.roles", "ormai.tenant_id", "ormai.user_id"]  # fmt: skip
+    assert '"ormai_restrict_own-or-manager"' in plan.sql
+    # Permits widen reads only; restricts are restrictive for every command.
+    assert "CREATE POLICY ormai_permit_public ON documents AS PERMISSIVE FOR SELECT USING" in plan.sql
+    assert 'CREATE POLICY "ormai_restrict_no-odd-status" ON orders AS RESTRICTIVE FOR ALL USING' in plan.sql
+    long_name = Policy(models={"Order": ModelPolicy(default_field_action=ALL, row_policies=[RowPolicy("x" * 90, "quantity > 0")])})
+    names = [name for _, _, name in generate_rls(shop.Base, long_name).policies]
+    assert all(len(n) <= 63 for n in names) and len(set(names)) == len(names)
+
+
+def test_principal_settings_encoding() -> None:
+    p = Principal(tenant_id=7, user_id=True, roles=("a", "b"),
+                  metadata={"tenants": ["x", "y"], "org": {"id": 5, "name": "n"}, "bad": ["x", None], "e": ""})  # fmt: skip
+    values = principal_settings(p, PATHS)
+    assert values == {
+        "ormai.tenant_id": "7",
+        "ormai.user_id": "",  # booleans are not identities
+        "ormai.roles": '["a", "b"]',
+        "ormai.metadata.tenants": '["x", "y"]',
+        "ormai.metadata.org.id": "5",
+        "ormai.metadata.org.name": '"n"',
+        "ormai.metadata.bad": "",
+        "ormai.metadata.e": "",
+    }
+    assert principal_settings(Principal(), PATHS) == {"ormai.tenant_id": "", "ormai.user_id": "", "ormai.roles": "[]"}
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_prints_applies_and_cleans_up(pg: Pg, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from ormai_agents.cli import app
+    from ormai_agents.policy_file import dump_policy
+
+    runner = CliRunner()
+    url = pg_url("psycopg").render_as_string(hide_password=False)
+    policy = rls_policy()
+    path = tmp_path / "policy.yaml"
+    path.write_text(dump_policy(policy), encoding="utf-8")
+    base = ["rls", "--policy", str(path), "--db", url, "--schema", pg.schema]
+
+    def ormai_policies() -> set[tuple[str, str]]:
+        with pg.backend.sync_engine.connect() as conn:
+            rows = conn.execute(text(
+                "select tablename, policyname from pg_policies where schemaname = current_schema() "
+                "and policyname like 'ormai%'")).all()  # fmt: skip
+            return {(r[0], r[1]) for r in rows}
+
+    before = ormai_policies()
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert f'ALTER TABLE {pg.schema}.orders FORCE ROW LEVEL SECURITY;' in result.stdout
+    assert ormai_policies() == before  # printing applies nothing
+
+    # Drop a row policy from the file: --apply removes it from the database too.
+    models = dict(policy.models)
+    models["Document"] = ModelPolicy(default_field_action=ALL, scoping={"tenant_id": "principal.tenant_id"})
+    path.write_text(dump_policy(Policy(models=models, max_rows=50)), encoding="utf-8")
+    result = runner.invoke(app, [*base, "--apply"])
+    try:
+        assert result.exit_code == 0, result.output
+        after = ormai_policies()
+        assert ("documents", "ormai_scope") in after
+        assert ("documents", "ormai_permit_public") in before and ("documents", "ormai_permit_public") not in after
+        assert ("documents", "ormai_restrict_clearance") not in after
+
+        # Something SQL can't express: reported, exit 1, and --apply applies nothing.
+        models["Document"] = ModelPolicy(default_field_action=ALL, scoping={"tenant_id": "principal.metadata.home-tenant"})
+        path.write_text(dump_policy(Policy(models=models)), encoding="utf-8")
+        result = runner.invoke(app, [*base, "--apply"])
+        assert result.exit_code == 1
+        assert "scoping tenant_id" in result.stderr and "Nothing applied" in result.stderr
+        assert ormai_policies() == after
+    finally:
+        with pg.backend.sync_engine.begin() as conn:
+            generate_rls(shop.Base, rls_policy()).apply(conn)
+    assert ormai_policies() >= before
