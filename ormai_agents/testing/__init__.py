@@ -1,4 +1,6 @@
-"""Test helpers for users' own suites: scripted fake chat models that call tools.
+"""Test helpers for users' own suites: scripted fake chat models that call tools, and
+tenant-isolation checks (`assert_tenant_isolation`; pytest fixtures in
+`ormai_agents.testing.pytest_plugin`).
 
 Names are loaded on first use, so importing `ormai_agents.testing` imports no framework:
 `from ormai_agents.testing import ScriptedChatModel` imports langchain-core then.
@@ -11,6 +13,8 @@ from typing import Any
 
 # name -> submodule that defines it
 _LAZY = {
+    "IsolationReport": "ormai_agents.testing.isolation",
+    "assert_tenant_isolation": "ormai_agents.testing.isolation",
     "ScriptedChatModel": "ormai_agents.testing.langchain",
     "tool_call": "ormai_agents.testing.langchain",
 }
