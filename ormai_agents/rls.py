@@ -521,6 +521,13 @@ def generate_rls(
             continue
         owners[table] = model
         statements += _model_statements(model, plan, table, dialect, names, unsupported, created)
+    by_folded: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_folded.setdefault(name.lower(), []).append(name)
+    for same in by_folded.values():
+        if len(same) > 1:
+            unsupported.append(Unsupported("(policy)", f"settings {', '.join(same)}", "PostgreSQL setting names are "
+                                           "case-insensitive, so these are one setting: the toolset leaves it empty"))  # fmt: skip
     return RlsPlan(statements, unsupported, sorted(names), created)
 
 
@@ -547,41 +554,48 @@ def _model_statements(
     def render(expr: ColumnElement[bool]) -> str:
         return str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
-    def attempt(rule: str, build: Callable[[], ColumnElement[bool]]) -> str | None:
+    def attempt(rule: str, build: Callable[[_Settings], ColumnElement[bool]]) -> tuple[str, _Settings] | None:
+        """The rule as SQL text, or None after reporting why it can't be expressed."""
+        settings = _Settings(set())
         try:
-            return render(build())
+            text = render(build(settings))
         except _CantExpress as exc:
             unsupported.append(Unsupported(model, rule, str(exc)))
+            return None
         except Exception as exc:  # noqa: BLE001 - e.g. a literal SQLAlchemy can't render
             unsupported.append(Unsupported(model, rule, f"can't be rendered as SQL ({type(exc).__name__})"))
-        return None
+            return None
+        names.update(settings.names)
+        return text, settings
 
     # Scoping: one conjunction; each rule that can't be expressed is reported and left out.
-    scope_parts: list[ColumnElement[bool]] = []
+    scope_parts: list[str] = []
     present: list[ColumnElement[bool]] = []
     for fname, column, path, _ in plan.scoping:
-        settings = _Settings(names)
 
-        def scope_rule() -> ColumnElement[bool]:
+        def scope_rule(settings: _Settings, column: Any = column, path: tuple[str, ...] = path) -> ColumnElement[bool]:
             if column.table is not table:
                 raise _CantExpress("the column is not on the model's table")
             return _scope_clause(settings, column, path)
 
-        if attempt(f"scoping {fname}", scope_rule) is not None:
-            scope_parts.append(_scope_clause(settings, column, path))
-            present.append(settings.scope_present(path))
+        done = attempt(f"scoping {fname}", scope_rule)
+        if done is not None:
+            scope_parts.append(done[0])
+            present.append(done[1].scope_present(path))
 
-    def condition(node: c.Node, extra: list[ColumnElement[bool]]) -> ColumnElement[bool]:
-        settings = _Settings(names)
-        sql = _Compiler(plan, settings).compile(node)
-        # A condition that needs a missing principal value holds for no row, like the toolset's.
-        return and_(*extra, *settings.guards.values(), sql)
+    def condition(node: c.Node, extra: list[ColumnElement[bool]]) -> Callable[[_Settings], ColumnElement[bool]]:
+        def build(settings: _Settings) -> ColumnElement[bool]:
+            sql = _Compiler(plan, settings).compile(node)
+            # A condition that needs a missing principal value holds for no row, like the toolset's.
+            return and_(*extra, *settings.guards.values(), sql)
+
+        return build
 
     bypasses: list[str] = []
     for rp in plan.bypasses:
-        text = attempt(f"row policy {rp.policy.name!r} (bypass)", lambda: condition(rp.condition.tree, []))
-        if text is not None:
-            bypasses.append(text)
+        done = attempt(f"row policy {rp.policy.name!r} (bypass)", condition(rp.condition.tree, []))
+        if done is not None:
+            bypasses.append(done[0])
 
     out = [
         f"ALTER TABLE {qtable} ENABLE ROW LEVEL SECURITY",
@@ -597,19 +611,19 @@ def _model_statements(
         out.append(ddl + (f" WITH CHECK ({using})" if check else ""))
 
     if plan.scoping and scope_parts:
-        scope = render(and_(*scope_parts))
+        scope = " AND ".join(f"({p})" for p in scope_parts) if len(scope_parts) > 1 else scope_parts[0]
         using = " OR ".join([f"({b})" for b in bypasses] + [f"({scope})"]) if bypasses else scope
     else:
         using = "true"
     create("scope", "", "PERMISSIVE", "ALL", using, True)
     for rp in plan.permits:
-        text = attempt(f"row policy {rp.policy.name!r}", lambda: condition(rp.condition.tree, present))
-        if text is not None:
-            create("permit", rp.policy.name, "PERMISSIVE", "SELECT", text, False)
+        done = attempt(f"row policy {rp.policy.name!r}", condition(rp.condition.tree, present))
+        if done is not None:
+            create("permit", rp.policy.name, "PERMISSIVE", "SELECT", done[0], False)
     for rp in plan.restricts:
-        text = attempt(f"row policy {rp.policy.name!r}", lambda: condition(rp.condition.tree, []))
-        if text is not None:
-            create("restrict", rp.policy.name, "RESTRICTIVE", "ALL", text, True)
+        done = attempt(f"row policy {rp.policy.name!r}", condition(rp.condition.tree, []))
+        if done is not None:
+            create("restrict", rp.policy.name, "RESTRICTIVE", "ALL", done[0], True)
     return out
 
 

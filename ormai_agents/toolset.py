@@ -434,6 +434,7 @@ class Toolset:
         return redact_inputs(plan, inputs, self.policy.redact_keys)
 
 
+_WRITE_TOOLS = frozenset({"create", "update", "delete", "bulk_update", "execute_approved"})
 # The call running in this task, so `_fetch` knows whether the call began the transaction.
 _ACTIVE_CALL: ContextVar[_Call | None] = ContextVar("ormai_agents_call", default=None)
 
@@ -463,7 +464,9 @@ class _Call:
     async def __aenter__(self) -> _Call:
         self.started = time.perf_counter()
         self._token = _ACTIVE_CALL.set(self)
-        if self.toolset._rls_paths is not None and self.model is not None:
+        # Writes manage their own transaction (commit, savepoint, retries) and call set_rls()
+        # after beginning it; every other call sets them here, before its first statement.
+        if self.toolset._rls_paths is not None and self.model is not None and self.tool not in _WRITE_TOOLS:
             self.opened = not self.ctx.db.in_transaction()
             try:
                 await self.toolset._set_rls(self.ctx)
@@ -471,6 +474,12 @@ class _Call:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         return self
+
+    async def set_rls(self) -> None:
+        """With `rls=True`: set the principal's row-level security settings in the current
+        transaction (again after each rollback, which discards them)."""
+        if self.toolset._rls_paths is not None:
+            await self.toolset._set_rls(self.ctx)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if self._token is not None:

@@ -26,6 +26,7 @@ from ormai_agents import (
     Policy,
     PolicyError,
     Principal,
+    RecordNotFoundError,
     RowPolicy,
     RunContext,
     Toolset,
@@ -190,21 +191,46 @@ async def test_database_alone_matches_the_toolset(pg: Pg) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_toolset_without_scoping_is_still_isolated(pg: Pg, mode: str) -> None:
-    """A toolset whose policy has no scoping at all, with rls=True, running as the app role."""
+async def test_toolset_under_rls_matches_the_application(pg: Pg, mode: str) -> None:
+    """As the app role with rls=True: a toolset whose policy has no scoping at all (the database
+    alone isolates), and the full policy (both layers: row-level security must not take away
+    what the policy grants, permits and bypasses included) return the toolset's ids."""
     app = Toolset(shop.Base, rls_policy(), secret_key=b"k" * 32)
     unscoped = Toolset(shop.Base, open_policy(), secret_key=b"k" * 32, rls=True)
+    both = Toolset(shop.Base, rls_policy(), secret_key=b"k" * 32, rls=True)
     with pg.backend.session() as owner:
         for principal in PRINCIPALS:
             for model in MODELS:
-                expected = await app_ids(app, owner, principal, model) or []
-                if mode == "sync":
-                    with Session(pg.app) as s:
-                        got = await app_ids(unscoped, s, principal, model)
-                else:
-                    async with AsyncSession(pg.app_async) as s:
-                        got = await app_ids(unscoped, s, principal, model)
-                assert got == expected, (model, principal)
+                expected = await app_ids(app, owner, principal, model)
+                for toolset in (unscoped, both):
+                    if mode == "sync":
+                        with Session(pg.app) as s:
+                            got = await app_ids(toolset, s, principal, model)
+                    else:
+                        async with AsyncSession(pg.app_async) as s:
+                            got = await app_ids(toolset, s, principal, model)
+                    assert got == (expected if toolset is both else expected or []), (model, principal)
+
+
+async def test_async_pooled_connection_carries_no_tenant(pg: Pg) -> None:
+    engine = create_async_engine(
+        pg_url("asyncpg").set(username=pg.role), pool_size=1, max_overflow=0,
+        connect_args={"server_settings": {"search_path": pg.schema}},
+    )  # fmt: skip
+    toolset = Toolset(shop.Base, open_policy(), secret_key=b"k" * 32, rls=True)
+    principal = Principal(tenant_id="globex", user_id="u2", metadata={"level": 3})
+    try:
+        async with AsyncSession(engine) as s:
+            assert (await toolset.get(RunContext(principal, s), model="Tenant", id="globex")).data["id"] == "globex"
+            with pytest.raises(RecordNotFoundError):
+                await toolset.get(RunContext(principal, s), model="Tenant", id="acme")
+            pid = (await s.execute(text("select pg_backend_pid()"))).scalar()
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("select pg_backend_pid()"))).scalar() == pid
+            assert (await conn.execute(text("select current_setting('ormai.tenant_id', true)"))).scalar() in (None, "")
+            assert (await conn.execute(select(shop.Tenant.id))).all() == []
+    finally:
+        await engine.dispose()
 
 
 async def test_settings_are_bound_and_transaction_local(pg: Pg) -> None:
@@ -447,3 +473,16 @@ def test_cli_prints_applies_and_cleans_up(pg: Pg, tmp_path: Any) -> None:
         with pg.backend.sync_engine.begin() as conn:
             generate_rls(shop.Base, rls_policy()).apply(conn)
     assert ormai_policies() >= before
+
+
+def test_setting_names_that_differ_only_in_case_are_reported_and_left_empty() -> None:
+    policy = Policy(models={"Order": ModelPolicy(default_field_action=ALL, row_policies=[
+        RowPolicy("a", "owner_id = principal.metadata.orgId"),
+        RowPolicy("b", "status = principal.metadata.orgid"),
+    ])})  # fmt: skip
+    plan = generate_rls(shop.Base, policy)
+    assert [u.rule for u in plan.unsupported] == ["settings ormai.metadata.orgId, ormai.metadata.orgid"]
+    values = principal_settings(Principal(metadata={"orgId": "x", "orgid": "y"}), [("metadata", "orgId"), ("metadata", "orgid")])
+    assert values["ormai.metadata.orgId"] == "" and "ormai.metadata.orgid" not in values
+    same = principal_settings(Principal(metadata={"orgId": "x", "orgid": "x"}), [("metadata", "orgId"), ("metadata", "orgid")])
+    assert same["ormai.metadata.orgId"] == '"x"'
