@@ -6,6 +6,9 @@ imported only when used: importing this package pulls in neither framework.
 
 from ormai_agents.core import (
     AccessDeniedError,
+    ApprovalError,
+    ApprovalRequiredError,
+    AuditUnavailableError,
     AggregateResult,
     DatabaseError,
     FieldNotAllowedError,
@@ -23,6 +26,7 @@ from ormai_agents.core import (
     TransientDatabaseError,
     ValidationError,
     WriteNotAllowedError,
+    WriteOutcomeUnknownError,
     WriteResult,
 )
 from ormai_agents.policy import (
@@ -40,6 +44,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "ApprovalError",
+    "ApprovalRequiredError",
+    "AuditUnavailableError",
     "AggregateResult",
     "DatabaseError",
     "FieldAction",

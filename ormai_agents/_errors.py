@@ -75,6 +75,28 @@ class WriteNotAllowedError(OrmAIError):
     code = "write_not_allowed"
 
 
+class ApprovalRequiredError(OrmAIError):
+    """The write waits for a human's approval and was not executed; `.approval_id` names the request."""
+
+    code = "approval_required"
+
+    def __init__(self, message: str, *, approval_id: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details={**(details or {}), "approval_id": approval_id})
+        self.approval_id = approval_id
+
+
+class ApprovalError(OrmAIError):
+    """An approval can't be executed: unknown, not approved, already used, altered, or not the caller's."""
+
+    code = "approval_invalid"
+
+
+class AuditUnavailableError(OrmAIError):
+    """A write was rolled back because its audit record could not be stored."""
+
+    code = "audit_unavailable"
+
+
 class PolicyError(OrmAIError):
     """The policy itself is wrong (raised to the host application when a Toolset is built)."""
 
@@ -93,6 +115,12 @@ class TransientDatabaseError(DatabaseError):
     code = "database_unavailable"
 
 
+class WriteOutcomeUnknownError(DatabaseError):
+    """The connection failed while a write was being committed: it may or may not have been saved."""
+
+    code = "write_outcome_unknown"
+
+
 class IntegrityConstraintError(DatabaseError):
     """A write broke a database constraint (unique, foreign key, not null, check)."""
 
@@ -101,6 +129,9 @@ class IntegrityConstraintError(DatabaseError):
 
 __all__ = [
     "AccessDeniedError",
+    "ApprovalError",
+    "ApprovalRequiredError",
+    "AuditUnavailableError",
     "DatabaseError",
     "FieldNotAllowedError",
     "IntegrityConstraintError",
@@ -112,4 +143,5 @@ __all__ = [
     "TransientDatabaseError",
     "ValidationError",
     "WriteNotAllowedError",
+    "WriteOutcomeUnknownError",
 ]

@@ -3,6 +3,9 @@
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._errors import (
     AccessDeniedError,
+    ApprovalError,
+    ApprovalRequiredError,
+    AuditUnavailableError,
     DatabaseError,
     FieldNotAllowedError,
     IntegrityConstraintError,
@@ -14,11 +17,15 @@ from ormai_agents._errors import (
     TransientDatabaseError,
     ValidationError,
     WriteNotAllowedError,
+    WriteOutcomeUnknownError,
 )
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
 
 __all__ = [
     "AccessDeniedError",
+    "ApprovalError",
+    "ApprovalRequiredError",
+    "AuditUnavailableError",
     "AggregateResult",
     "DatabaseError",
     "FieldNotAllowedError",
@@ -36,5 +43,6 @@ __all__ = [
     "TransientDatabaseError",
     "ValidationError",
     "WriteNotAllowedError",
+    "WriteOutcomeUnknownError",
     "WriteResult",
 ]

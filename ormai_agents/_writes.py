@@ -1,0 +1,583 @@
+"""The write path: create, update, delete and bulk_update under a model's `WritePolicy`.
+
+Each call is validated in full before any statement runs (unknown, denied, masked, hashed,
+server-set and immutable fields are refused), then runs in one transaction:
+
+- update, delete and bulk_update change rows with ONE statement whose WHERE clause carries the
+  primary key (or the agent's filters), the scoping and the restrict policies. A snapshot read
+  before it (locked with FOR UPDATE where the database supports it) only feeds the audit record;
+  whether a row is changed is decided by the write statement's own WHERE clause.
+- creates and updates re-select the written row by primary key under the same clauses in the same
+  transaction (PostgreSQL's WITH CHECK): a row that left the principal's scope is rolled back.
+- the audit record is stored before the commit; when it can't be stored the write is rolled back.
+
+Transactions: when the handle has no transaction open, the call begins one and commits it; when a
+transaction is open (the host began one, or SQLAlchemy auto-began one for an earlier statement),
+the call runs in a SAVEPOINT and the commit stays with the host. Transient failures are retried
+only in the first case and only before COMMIT: a write whose commit may have reached the server
+is never sent again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, delete, insert, tuple_, update
+from sqlalchemy import select as sql_select
+from sqlalchemy import types as sqltypes
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ormai_agents import _inputs, _types
+from ormai_agents._context import Principal
+from ormai_agents._dberrors import map_db_errors
+from ormai_agents._errors import (
+    AccessDeniedError,
+    ApprovalError,
+    ApprovalRequiredError,
+    FieldNotAllowedError,
+    PolicyError,
+    RecordNotFoundError,
+    TransientDatabaseError,
+    ValidationError,
+    WriteNotAllowedError,
+    WriteOutcomeUnknownError,
+)
+from ormai_agents._paths import parse_principal_path
+from ormai_agents._plan import _DENIED_MESSAGE, ModelPlan, Where
+from ormai_agents._results import WriteResult
+from ormai_agents.policy import FieldAction, WriteAction
+
+if TYPE_CHECKING:
+    from ormai_agents.approvals import Approval
+    from ormai_agents.toolset import Toolset, _Call
+
+log = logging.getLogger("ormai_agents")
+
+OPERATIONS = ("create", "update", "delete", "bulk_update")
+_ARGUMENTS = {
+    "create": ("data",),
+    "update": ("id", "data"),
+    "delete": ("id",),
+    "bulk_update": ("filters", "data"),
+}
+_WRITE_ATTEMPTS = 3
+_NOW = "now()"
+_CHECK_FAILED = (
+    "The change was rolled back: the {model} record would no longer be one you may access "
+    "(outside your scope or a row policy). Nothing was written."
+)
+
+
+@dataclass(slots=True)
+class _AutoSet:
+    column: Any
+    path: tuple[str, ...] | None  # principal.<path>
+    now: bool
+    literal: Any
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What the write path needs of one model, compiled when the toolset is built."""
+
+    plan: ModelPlan
+    table: Table | None
+    auto_create: dict[str, _AutoSet]
+    auto_update: dict[str, _AutoSet]
+    # Fields the agent may send, per operation ("update" also serves bulk_update).
+    writable_create: list[str]
+    writable_update: list[str]
+    # Why a readable field is not writable, per operation (the agent may see these names).
+    refused_create: dict[str, str]
+    refused_update: dict[str, str]
+    required: list[str]
+    # field -> (referenced model's plan name, referenced column): foreign keys into exposed models.
+    references: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+    def writable(self, op: str) -> list[str]:
+        return self.writable_create if op == "create" else self.writable_update
+
+
+def build_write_plans(plans: Mapping[str, ModelPlan], has_approval_store: bool) -> dict[str, WritePlan]:
+    """Check every model's WritePolicy against its mapping; raise PolicyError when it can't work."""
+    out: dict[str, WritePlan] = {}
+    for name, plan in plans.items():
+        wp = plan.policy.write_policy
+        enabled = {op: getattr(wp, op) for op in OPERATIONS if getattr(wp, op) is not WriteAction.Deny}
+        if any(a is WriteAction.RequireApproval for a in enabled.values()) and not has_approval_store:
+            raise PolicyError(
+                f"{name}: write_policy requires approval for some writes, so the Toolset needs an approval_store"
+            )
+        table = plan.selectable if isinstance(plan.selectable, Table) else None
+        if enabled and table is None:
+            raise PolicyError(f"{name}: writes are supported only on models mapped to a single table")
+        scoped = [s[0] for s in plan.scoping]
+        if "create" in enabled:
+            missing = [s for s in scoped if s not in wp.auto_set]
+            if missing:
+                raise PolicyError(
+                    f"{name}: create is enabled, so every scoping column must be set by the server; add "
+                    + ", ".join(f'auto_set["{m}"]' for m in missing)
+                    + " (for example \"principal.tenant_id\")"
+                )
+        auto_create = {k: _auto(plan, k, v) for k, v in wp.auto_set.items()}
+        auto_update = {k: _auto(plan, k, v) for k, v in wp.auto_set_on_update.items()}
+        server_set = set(wp.auto_set) | set(wp.auto_set_on_update) | set(scoped)
+        generated = table.autoincrement_column if table is not None else None
+        refused_create: dict[str, str] = {}
+        refused_update: dict[str, str] = {}
+        for fname, info in plan.fields.items():
+            if info.action is not FieldAction.Allow:
+                reason = f"{fname!r} is {info.action.value}ed and can't be written"
+                refused_create[fname] = refused_update[fname] = reason
+                continue
+            if fname in server_set:
+                reason = f"{fname!r} is set by the server and can't be sent"
+                refused_create[fname] = refused_update[fname] = reason
+                continue
+            if generated is not None and info.column is generated:
+                refused_create[fname] = f"{fname!r} is generated by the database and can't be sent"
+            if info.primary_key:
+                refused_update[fname] = f"{fname!r} is the record's key and can't be changed"
+            elif fname in wp.immutable_fields:
+                refused_update[fname] = f"{fname!r} can't be changed once the record exists"
+        writable_create = [n for n in plan.fields if n not in refused_create]
+        writable_update = [n for n in plan.fields if n not in refused_update]
+        out[name] = WritePlan(
+            plan=plan,
+            table=table,
+            auto_create=auto_create,
+            auto_update=auto_update,
+            writable_create=writable_create,
+            writable_update=writable_update,
+            refused_create=refused_create,
+            refused_update=refused_update,
+            required=list(wp.required_fields),
+        )
+    by_table = {wplan.table: wplan.plan for wplan in out.values() if wplan.table is not None}
+    for wplan in out.values():
+        for fname in wplan.writable_create + wplan.writable_update:
+            for fk in wplan.plan.fields[fname].column.foreign_keys:
+                target = by_table.get(fk.column.table)
+                if target is not None:
+                    wplan.references[fname] = (target.name, fk.column)
+    return out
+
+
+def _auto(plan: ModelPlan, name: str, source: Any) -> _AutoSet:
+    column = plan.columns[name]
+    if isinstance(source, str) and source.startswith("principal"):
+        return _AutoSet(column, parse_principal_path(source), False, None)
+    if source == _NOW:
+        if _types.python_type(column.type) is not dt.datetime:
+            raise PolicyError(f"{plan.name}: auto_set {name!r} is now(), but {name} is not a date-time column")
+        return _AutoSet(column, None, True, None)
+    if source is not None:
+        try:
+            source = _types.make_coercer(_types.python_type(column.type))(source)
+        except ValueError as exc:
+            raise PolicyError(f"{plan.name}: auto_set {name!r}: {exc}") from None
+    return _AutoSet(column, None, False, source)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Change:
+    """A validated write: what to change, and where."""
+
+    op: str
+    key: list[Any] | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # field name -> coerced value (agent's)
+    filters: list[Any] = field(default_factory=list)
+
+
+def parse_change(wplan: WritePlan, op: str, args: Mapping[str, Any]) -> Change:
+    """Validate the agent's arguments for `op`. Nothing touches the database."""
+    plan = wplan.plan
+    change = Change(op)
+    if op in ("update", "delete"):
+        if any(info is None or not info.plain for info in plan.pk):
+            raise ValidationError(f"{op} by id is not available on {plan.name}")
+        change.key = _inputs.parse_id(plan, args.get("id"))
+    if op == "bulk_update":
+        filters = args.get("filters")
+        if not filters:
+            raise ValidationError(
+                'bulk_update needs at least one filter ({"field": ..., "op": ..., "value": ...}) naming the records to change'
+            )
+        change.filters, _ = _inputs.parse_filters(plan, filters)
+    if op != "delete":
+        change.values = _parse_data(wplan, op, args.get("data"))
+    return change
+
+
+def _parse_data(wplan: WritePlan, op: str, data: Any) -> dict[str, Any]:
+    plan = wplan.plan
+    writable = wplan.writable(op)
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+        raise ValidationError(f"data must be an object of field names and values. Fields you can write: {_names(writable)}")
+    if op != "create" and not data:
+        raise ValidationError(f"data must name at least one field to change. Fields you can write: {_names(writable)}")
+    refused = wplan.refused_create if op == "create" else wplan.refused_update
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in writable:
+            reason = refused.get(name)
+            # An unknown or denied name is never echoed: it may be a field the agent must not learn of.
+            what = reason if reason is not None else f"data names a field that is not available on {plan.name}"
+            raise FieldNotAllowedError(
+                f"{what}. Nothing was written. Fields you can write on {plan.name}: {_names(writable)}",
+                details={"allowed_fields": writable},
+            )
+        out[name] = _value(plan.fields[name], value, name in wplan.required)
+    if op == "create":
+        for name in wplan.required:
+            if name not in out and name not in wplan.auto_create:
+                raise ValidationError(f"{name!r} is required to create a {plan.name}. Nothing was written.")
+        for name in writable:
+            info = plan.fields[name]
+            column = info.column
+            if (
+                name not in out
+                and not column.nullable
+                and column.default is None
+                and column.server_default is None
+                and name not in wplan.auto_create
+                and column is not (wplan.table.autoincrement_column if wplan.table is not None else None)
+            ):
+                raise ValidationError(f"{name!r} is required to create a {plan.name}. Nothing was written.")
+    return out
+
+
+def _value(info: Any, value: Any, required: bool) -> Any:
+    column = info.column
+    if value is None:
+        if required or not column.nullable:
+            raise ValidationError(f"{info.name!r} can't be null. Nothing was written.")
+        return None
+    try:
+        out = info.coerce(value)
+    except ValueError as exc:
+        raise ValidationError(f"data.{info.name}: {exc}. Nothing was written.") from None
+    length = getattr(column.type, "length", None)
+    if isinstance(out, str) and isinstance(length, int) and len(out) > length:
+        raise ValidationError(f"data.{info.name}: at most {length} characters. Nothing was written.")
+    return _fit_datetime(column, out)
+
+
+def _fit_datetime(column: Any, value: Any) -> Any:
+    # Naive timestamp columns get naive UTC values; drivers refuse or shift aware ones.
+    if isinstance(value, dt.datetime) and isinstance(column.type, sqltypes.DateTime):
+        if column.type.timezone and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        if not column.type.timezone and value.tzinfo is not None:
+            return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _auto_values(auto: Mapping[str, _AutoSet], principal: Principal) -> dict[str, Any]:
+    """Server-set values for this principal, at this moment."""
+    out: dict[str, Any] = {}
+    now = dt.datetime.now(dt.timezone.utc)
+    for name, spec in auto.items():
+        if spec.now:
+            out[name] = _fit_datetime(spec.column, now)
+        elif spec.path is not None:
+            value = principal.resolve(spec.path)
+            if value is None or value == "" or isinstance(value, (tuple, list, Mapping, bool)):
+                raise AccessDeniedError(_DENIED_MESSAGE)
+            try:
+                out[name] = _types.make_coercer(_types.python_type(spec.column.type))(value)
+            except ValueError:
+                raise AccessDeniedError(_DENIED_MESSAGE) from None
+        else:
+            out[name] = spec.literal
+    return out
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+# --- the call -----------------------------------------------------------------------------
+
+
+async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval: Approval | None = None) -> WriteResult:
+    """Run one write tool call (`call.tool` is the operation) under the current policy."""
+    op = call.tool
+    plan = call.plan = toolset.plan(call.model)
+    action = getattr(plan.policy.write_policy, op)
+    if action is WriteAction.Deny:
+        allowed = [o for o in OPERATIONS if getattr(plan.policy.write_policy, o) is not WriteAction.Deny]
+        raise WriteNotAllowedError(
+            f"{op} is not allowed on {plan.name}. "
+            + (f"Writes you may request on {plan.name}: {', '.join(allowed)}" if allowed else f"{plan.name} is read-only.")
+        )
+    principal = call.ctx.principal
+    where = call.where = plan.where(principal)
+    wplan = toolset._write_plans[plan.name]
+    args = normalize_arguments(op, args)
+    change = parse_change(wplan, op, args)
+    if action is WriteAction.RequireApproval and approval is None:
+        approval_id = await toolset._approvals.submit(toolset, principal, op, plan.name, args)
+        raise ApprovalRequiredError(
+            f"This {op} on {plan.name} needs a person's approval before it runs, so nothing was written yet. "
+            f"It was submitted for approval with id {approval_id}.",
+            approval_id=approval_id,
+        )
+    if approval is not None and not await toolset._approvals.claim(approval):
+        raise ApprovalError("That approval has already been used or is no longer approved. Nothing was written.")
+    try:
+        result = await _in_transaction(call, lambda db: _apply(toolset, call, wplan, where, change, db))
+    except BaseException as exc:
+        if approval is not None:
+            await toolset._approvals.finish(approval, exc)
+        raise
+    if approval is not None:
+        await toolset._approvals.finish(approval, None)
+    return result
+
+
+async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, change: Change, db: Any) -> WriteResult:
+    plan = wplan.plan
+    table = wplan.table
+    assert table is not None
+    principal = call.ctx.principal
+    names = list(plan.fields)
+    shape = toolset._shaper(plan, names)
+    columns = [plan.fields[n].column.label(n) for n in names]
+    not_found = RecordNotFoundError(
+        f"No {plan.name} with that id is visible to you. Use query to find the records you can see."
+    )
+
+    def by_key(key: Any) -> list[Any]:
+        return [c == v for c, v in zip(plan.pk_columns, key)]
+
+    def snapshot(*conditions: Any, lock: bool = False) -> Any:
+        stmt = sql_select(*columns).select_from(table).where(*conditions, *where.clauses)
+        return stmt.with_for_update() if lock else stmt
+
+    if change.op == "create":
+        values = {**change.values, **_auto_values(wplan.auto_create, principal)}
+        await _check_references(toolset, wplan, change.values, principal, db)
+        result = await _run(db, insert(table).values({plan.columns[k]: v for k, v in values.items()}))
+        key = list(result.inserted_primary_key or ())
+        rows = (await _run(db, snapshot(*by_key(key)))).all() if key and None not in key else []
+        if not rows:
+            raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
+        call.after = shape(rows[0])
+        call.row_count = 1
+        return WriteResult(dict(call.after))
+
+    if change.op in ("update", "delete"):
+        match = by_key(change.key)
+        before = (await _run(db, snapshot(*match, lock=True))).all()
+        if not before:
+            raise not_found
+        call.before = shape(before[0])
+        if change.op == "delete":
+            result = await _run(db, delete(table).where(*match, *where.clauses))
+            if result.rowcount != 1:
+                raise not_found
+            call.row_count = 1
+            return WriteResult(dict(call.before))
+        values = {**change.values, **_auto_values(wplan.auto_update, principal)}
+        await _check_references(toolset, wplan, change.values, principal, db)
+        stmt = update(table).where(*match, *where.clauses).values({plan.columns[k]: v for k, v in values.items()})
+        if (await _run(db, stmt)).rowcount != 1:
+            raise not_found
+        after = (await _run(db, snapshot(*match))).all()
+        if not after:
+            raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
+        call.after = shape(after[0])
+        call.row_count = 1
+        return WriteResult(dict(call.after))
+
+    # bulk_update: lock and count the matching rows first, so an over-limit call writes nothing.
+    limit = plan.policy.write_policy.max_affected_rows
+    pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(plan.pk_columns)]
+    stmt = (
+        sql_select(*columns, *pk_labels)
+        .select_from(table)
+        .where(*where.clauses, *change.filters)
+        .order_by(*plan.pk_columns)
+        .limit(limit + 1)
+        .with_for_update()
+    )
+    before = (await _run(db, stmt)).all()
+    if len(before) > limit:
+        raise ValidationError(
+            f"This bulk_update would change more than {limit} {plan.name} records, the most one call may "
+            "change. Nothing was written. Narrow the filters, or update records one at a time."
+        )
+    call.before = {"rows": [shape(r) for r in before]}
+    if not before:
+        call.row_count = 0
+        call.after = {"updated_count": 0}
+        return WriteResult({"updated_count": 0})
+    width = len(names)
+    keys = [tuple(r[width:]) for r in before]
+    in_keys = (
+        plan.pk_columns[0].in_([k[0] for k in keys])
+        if len(plan.pk_columns) == 1
+        else tuple_(*plan.pk_columns).in_(keys)
+    )
+    values = {**change.values, **_auto_values(wplan.auto_update, principal)}
+    await _check_references(toolset, wplan, change.values, principal, db)
+    stmt = update(table).where(in_keys, *where.clauses, *change.filters).values(
+        {plan.columns[k]: v for k, v in values.items()}
+    )
+    count = (await _run(db, stmt)).rowcount
+    if count != len(keys):
+        # Rows changed between the count and the write (only where FOR UPDATE is not supported).
+        raise TransientDatabaseError("The records changed while they were being updated. Nothing was written; try again.")
+    after = (await _run(db, snapshot(in_keys))).all()
+    if len(after) != count:
+        raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name).replace("record would", "records would"))
+    call.after = {"updated_count": count, "rows": [shape(r) for r in after]}
+    call.row_count = count
+    return WriteResult({"updated_count": count})
+
+
+async def _check_references(
+    toolset: Toolset, wplan: WritePlan, values: Mapping[str, Any], principal: Principal, db: Any
+) -> None:
+    """A foreign key the agent sets must point at a row the principal may see.
+
+    Otherwise an agent could attach its rows to another tenant's records, and learn which ids
+    exist elsewhere from the difference between "linked" and "constraint error". The referenced
+    row is locked (FOR SHARE) so it can't leave the scope before the commit.
+    """
+    for name, value in values.items():
+        ref = wplan.references.get(name)
+        if ref is None or value is None:
+            continue
+        target = toolset._plans[ref[0]]
+        twhere = target.where(principal)
+        stmt = (
+            sql_select(ref[1])
+            .select_from(target.selectable)
+            .where(ref[1] == value, *twhere.clauses)
+            .limit(1)
+            .with_for_update(read=True)
+        )
+        if not (await _run(db, stmt)).all():
+            raise ValidationError(
+                f"data.{name}: no {target.name} with that id is visible to you. Nothing was written. "
+                f"Use query on {target.name} to find one."
+            )
+
+
+# --- transactions -------------------------------------------------------------------------
+
+
+async def _aw(value: Any) -> Any:
+    """Await `value` when the handle is async; sync handles return plain values."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def _run(db: Any, stmt: Any) -> Any:
+    with map_db_errors("write"):
+        if isinstance(db, AsyncSession):
+            return await (await db.connection()).execute(stmt)
+        if isinstance(db, Session):
+            return db.connection().execute(stmt)
+        return await _aw(db.execute(stmt))
+
+
+async def _quiet_rollback(tx: Any) -> None:
+    try:
+        await _aw(tx.rollback())
+    except Exception:  # the connection may be gone; the server rolled back already
+        log.warning("ormai_agents: rollback after a failed write failed", exc_info=True)
+
+
+async def _in_transaction(call: _Call, body: Callable[[Any], Awaitable[WriteResult]]) -> WriteResult:
+    """Run `body` and store the audit record atomically: commit, or release a savepoint."""
+    db = call.ctx.db
+    if db.in_transaction():
+        # The host's transaction: a savepoint, no retry (rolling back would discard the host's
+        # work), and the commit is the host's.
+        tx = await _aw(db.begin_nested())
+        try:
+            result = await body(db)
+            await call.audit_now()
+        except BaseException:
+            await _quiet_rollback(tx)
+            raise
+        with map_db_errors("release the savepoint"):
+            await _aw(tx.commit())
+        return result
+
+    tx = None
+    result = None
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(_WRITE_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type(TransientDatabaseError),
+        reraise=True,
+    ):
+        with attempt:
+            call.before = call.after = None
+            tx = await _aw(db.begin())
+            try:
+                result = await body(db)
+                await call.audit_now()
+            except BaseException:
+                await _quiet_rollback(tx)
+                raise
+    assert tx is not None and result is not None
+    try:
+        # Never retried: the server may have applied the commit before the failure.
+        await _aw(tx.commit())
+    except Exception as exc:
+        log.error("ormai_agents: commit of a %s failed; its outcome is unknown", call.tool, exc_info=exc)
+        await _quiet_rollback(tx)
+        raise WriteOutcomeUnknownError(
+            "The connection failed while the change was being saved, so it may or may not have been "
+            "written. Check with get or query before repeating it."
+        ) from None
+    return result
+
+
+def normalize_arguments(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of `op` as plain JSON values (what an approval binds and what then runs)."""
+    if op not in _ARGUMENTS:
+        raise ValidationError(f"Unknown write operation; use one of: {', '.join(OPERATIONS)}")
+    unknown = set(args) - set(_ARGUMENTS[op])
+    if unknown:
+        raise ValidationError(f"{op} takes only: {', '.join(_ARGUMENTS[op])}")
+    out: dict[str, Any] = json.loads(_inputs.canonical({k: args.get(k) for k in _ARGUMENTS[op]}))
+    return out
+
+
+async def execute_approved(toolset: Toolset, call: _Call, approval_id: Any) -> WriteResult:
+    """Run the write an approval names, exactly as it was submitted, under the current policy."""
+    approval = await toolset._approvals.load(approval_id, call.ctx.principal)
+    call.tool = approval.tool
+    call.model = approval.model
+    call.inputs = {**approval.arguments, "approval_id": approval.id}
+    return await perform(toolset, call, dict(approval.arguments), approval=approval)
+
+
+__all__ = [
+    "OPERATIONS",
+    "WritePlan",
+    "build_write_plans",
+    "execute_approved",
+    "normalize_arguments",
+    "parse_change",
+    "perform",
+]
