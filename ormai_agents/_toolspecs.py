@@ -31,7 +31,8 @@ from ormai_agents._errors import ValidationError
 from ormai_agents._inputs import AGGREGATE_FUNCTIONS, FILTER_OPS
 from ormai_agents._plan import ModelPlan
 from ormai_agents._types import json_schema_for
-from ormai_agents.policy import FieldAction, WriteAction
+from ormai_agents._writes import writable_fields
+from ormai_agents.policy import WriteAction
 
 if TYPE_CHECKING:
     from ormai_agents._context import RunContext
@@ -109,19 +110,8 @@ def sortable(plan: ModelPlan) -> list[str]:
 
 
 def writable(plan: ModelPlan, operation: str) -> list[str]:
-    """Fields the agent may send in `data` for create/update/bulk_update."""
-    wp = plan.policy.write_policy
-    auto = set(wp.auto_set) | (set(wp.auto_set_on_update) if operation != "create" else set())
-    out = []
-    for name, info in plan.fields.items():
-        if info.action is not FieldAction.Allow or name in auto:
-            continue
-        if operation != "create" and (info.primary_key or name in wp.immutable_fields):
-            continue
-        if operation == "create" and info.primary_key and _generated(info.column):
-            continue
-        out.append(name)
-    return out
+    """Fields the agent may send in `data` for create/update/bulk_update (the write path's own rule)."""
+    return writable_fields(plan, operation)
 
 
 def required_on_create(plan: ModelPlan) -> list[str]:

@@ -39,7 +39,7 @@ from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_
 from ormai_agents._redact import redact_inputs
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
 from ormai_agents._types import is_numeric, json_schema_for
-from ormai_agents.approvals import ApprovalGate, ApprovalStore
+from ormai_agents.approvals import ApprovalGate, ApprovalStore, MemoryApprovalStore
 from ormai_agents.audit import AuditRecord, AuditStore, deliver
 from ormai_agents.policy import FieldAction, Policy
 
@@ -89,8 +89,9 @@ class Toolset:
         self.policy = policy
         self.audit_store = audit_store
         self._plans = build_plans(models, policy)
-        self._write_plans = _writes.build_write_plans(self._plans, approval_store is not None)
-        self.approval_store = approval_store
+        self._write_plans = _writes.build_write_plans(self._plans)
+        # Without a store, approvals live in this process's memory (see ormai_agents.approvals).
+        self.approval_store: ApprovalStore = approval_store if approval_store is not None else MemoryApprovalStore()
         if secret_key is None:
             secret = os.urandom(32)
         else:
@@ -100,7 +101,7 @@ class Toolset:
         self._cursors = CursorCodec(secret, cursor_ttl_seconds)
         self._hash_key = derive_key(secret, "hash-field")
         self._principal_ids: dict[Principal, str] = {}
-        self._approvals = ApprovalGate(approval_store, derive_key(secret, "approval"))
+        self._approvals = ApprovalGate(self.approval_store, derive_key(secret, "approval"))
         self._row_shapers: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], dict[str, Any]]] = {}
         if not isinstance(rls, bool):
             raise TypeError("rls must be True or False")

@@ -302,8 +302,6 @@ async def test_policy_errors_at_build_time(wb: Backend) -> None:
     models["Order"] = base.models["Order"].model_copy(update={"write_policy": WritePolicy(create=WriteAction.Allow)})
     with pytest.raises(PolicyError, match="auto_set"):
         Toolset(shop.Base, base.model_copy(update={"models": models}))
-    with pytest.raises(PolicyError, match="approval_store"):
-        Toolset(shop.Base, write_policy(WriteAction.RequireApproval))
 
 
 async def test_errors_are_ormai_errors_with_codes(wb: Backend, wdb1: Any) -> None:
