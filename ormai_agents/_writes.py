@@ -508,7 +508,10 @@ async def _quiet_rollback(tx: Any) -> None:
 async def _in_transaction(call: _Call, body: Callable[[Any], Awaitable[WriteResult]]) -> WriteResult:
     """Run `body` and store the audit record atomically: commit, or release a savepoint."""
     db = call.ctx.db
-    if db.in_transaction():
+    # With row-level security the call's settings may already have begun the transaction; it is
+    # still the call's own (`call.opened`).
+    owned = call.opened if call.opened is not None else not db.in_transaction()
+    if not owned:
         # The host's transaction: a savepoint, no retry (rolling back would discard the host's
         # work), and the commit is the host's.
         tx = await _aw(db.begin_nested())
@@ -522,8 +525,9 @@ async def _in_transaction(call: _Call, body: Callable[[Any], Awaitable[WriteResu
             await _aw(tx.commit())
         return result
 
-    tx = None
+    toolset = call.toolset
     result = None
+    first = True
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(_WRITE_ATTEMPTS),
         wait=wait_exponential(multiplier=0.05, max=1.0),
@@ -532,20 +536,22 @@ async def _in_transaction(call: _Call, body: Callable[[Any], Awaitable[WriteResu
     ):
         with attempt:
             call.before = call.after = None
-            tx = await _aw(db.begin())
             try:
+                if not first and toolset._rls_paths is not None:
+                    await toolset._set_rls(call.ctx)  # the rollback discarded them
+                first = False
                 result = await body(db)
                 await call.audit_now()
             except BaseException:
-                await _quiet_rollback(tx)
+                await _quiet_rollback(db)
                 raise
-    assert tx is not None and result is not None
+    assert result is not None
     try:
         # Never retried: the server may have applied the commit before the failure.
-        await _aw(tx.commit())
+        await _aw(db.commit())
     except Exception as exc:
         log.error("ormai_agents: commit of a %s failed; its outcome is unknown", call.tool, exc_info=exc)
-        await _quiet_rollback(tx)
+        await _quiet_rollback(db)
         raise WriteOutcomeUnknownError(
             "The connection failed while the change was being saved, so it may or may not have been "
             "written. Check with get or query before repeating it."
