@@ -3,6 +3,7 @@
     python -m benchmarks.perf                       # SQLite and PostgreSQL (if reachable)
     python -m benchmarks.perf --backends sqlite --audit off,memory,sql -n 3000
     python -m benchmarks.perf --scale               # per-call cost at 10k, 100k and 1M rows
+    python -m benchmarks.perf --backends none --concurrency   # 32 concurrent async calls, PostgreSQL
 
 For every operation each iteration runs the raw statement and the toolset call back to back (the
 order alternates) and records ours/raw; the table shows the median of those paired ratios and the
@@ -233,6 +234,67 @@ async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops:
     return rows
 
 
+async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> None:
+    """Throughput of `width` concurrent calls on the async path (asyncpg) vs raw async Core.
+
+    Each call opens its own AsyncSession from one pool, as the framework adapters do. Every
+    toolset result is checked for principal bleed: a row of another tenant fails the run.
+    """
+    from sqlalchemy import make_url
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    if pg_engine(per_tenant) is None:
+        return
+    url = make_url(PG_URL).set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(
+        url, pool_size=width, max_overflow=0,
+        connect_args={"server_settings": {"search_path": f"ormai_bench_{per_tenant}"}},
+    )  # fmt: skip
+    sessions = async_sessionmaker(engine)
+    toolset = Toolset(Base, POLICY)
+    t = Order.__table__
+    cols = (t.c.id, t.c.tenant_id, t.c.customer_id, t.c.status, t.c.total)
+    bleed = 0
+
+    async def ours(i: int) -> None:
+        nonlocal bleed
+        tenant = TENANTS[i % len(TENANTS)]
+        async with sessions() as session:
+            ctx = RunContext(Principal(tenant_id=tenant), session)
+            result = await toolset.query(ctx, model="Order", filters=[{"field": "status", "op": "eq", "value": "pending"}], limit=50)
+        bleed += sum(1 for r in result.rows if r["tenant_id"] != tenant)
+
+    async def raw(i: int) -> None:
+        tenant = TENANTS[i % len(TENANTS)]
+        async with sessions() as session:
+            conn = await session.connection()
+            stmt = select(*cols).where(t.c.tenant_id == tenant, t.c.status == "pending").order_by(t.c.id).limit(50)
+            (await conn.execute(stmt)).mappings().all()
+
+    async def drive(fn: Callable[[int], Awaitable[None]]) -> float:
+        queue = iter(range(total))
+
+        async def worker() -> None:
+            for i in queue:
+                await fn(i)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(width)))
+        return total / (time.perf_counter() - start)
+
+    await drive(raw)  # warm the pool
+    rates: dict[str, list[float]] = {"raw": [], "ours": []}
+    for _ in range(3):
+        rates["raw"].append(await drive(raw))
+        rates["ours"].append(await drive(ours))
+    await engine.dispose()
+    r, o = statistics.median(rates["raw"]), statistics.median(rates["ours"])
+    print(f"\nconcurrency (PostgreSQL, asyncpg, {width} in flight, {total} calls x3): "
+          f"raw {r:,.0f} calls/s   ours {o:,.0f} calls/s   ratio raw/ours {r / o:.2f}   rows of another tenant: {bleed}")  # fmt: skip
+    if bleed:
+        raise SystemExit("principal bleed under load")
+
+
 async def scale(n: int) -> None:
     print("\nscale (SQLite, audit off): per-call cost as the table grows")
     for per_tenant in (10_000 // 3, 100_000 // 3, 1_000_000 // 3):
@@ -249,12 +311,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="pairs per operation")
     parser.add_argument("--per-tenant", type=int, default=10_000)
     parser.add_argument("--scale", action="store_true")
+    parser.add_argument("--concurrency", action="store_true", help="32 concurrent async calls on PostgreSQL")
     args = parser.parse_args()
     ops = [o for o in args.ops.split(",") if o]
     audits = args.audit.split(",")
 
     async def run() -> None:
         for backend in args.backends.split(","):
+            if backend not in ("sqlite", "postgres"):
+                continue
             engine = sqlite_engine(args.per_tenant) if backend == "sqlite" else pg_engine(args.per_tenant)
             if engine is None:
                 continue
@@ -262,6 +327,8 @@ def main() -> None:
             engine.dispose()
         if args.scale:
             await scale(args.n)
+        if args.concurrency:
+            await concurrency(args.per_tenant)
 
     asyncio.run(run())
 
