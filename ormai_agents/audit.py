@@ -17,6 +17,10 @@ Two ways to store a record, and how the toolset uses them:
   record stays queued for the next flush (up to `max_pending` records). Call `await
   store.aclose()` on shutdown, or buffered records of the last interval are lost.
 
+`SqlAuditStore(in_caller_transaction=True)` instead stores a successful write's record in the
+caller's own transaction, so record and change commit or roll back together (needed on SQLite
+when the audit table shares the application's database file).
+
 Custom stores only need `write` and `query` (the `AuditStore` protocol); without
 `write_buffered` every record is written durably.
 """
@@ -173,8 +177,16 @@ class AuditStore(Protocol):
         """Matching records, newest first. `since` is inclusive, `until` exclusive."""
 
 
-async def deliver(store: AuditStore, record: AuditRecord, *, durable: bool) -> None:
-    """Hand a record to a store: durably (writes), or batched where the store supports it (reads)."""
+async def deliver(store: AuditStore, record: AuditRecord, *, durable: bool, db: Any = None) -> None:
+    """Hand a record to a store: durably (writes), or batched where the store supports it (reads).
+
+    `db` is the caller's session: a store that keeps records in the caller's transaction
+    (`SqlAuditStore(in_caller_transaction=True)`) stores a successful write's record there, so
+    the record and the change commit or roll back together.
+    """
+    if durable and db is not None and record.outcome == "success" and getattr(store, "in_caller_transaction", False):
+        await store.write_in(db, record)  # type: ignore[attr-defined]
+        return
     if not durable:
         buffered = getattr(store, "write_buffered", None)
         if buffered is not None:
@@ -620,10 +632,12 @@ class SqlAuditStore:
     one INSERT per batch instead of one transaction per call. `write` (used for writes) stores
     at once, together with anything queued. `batch_size=1` stores every record at once.
 
-    `write_in(db, record)` stores a record in the caller's own transaction instead (same
-    database only), so it commits or rolls back with the change it describes; on SQLite, where a
-    second connection would wait for the caller's write lock, this is the way to audit writes in
-    the same database file.
+    `in_caller_transaction=True` stores the record of each successful write in the caller's own
+    transaction (through `write_in`), so the record commits or rolls back with the change it
+    describes; the audit table must then be in the database (and schema) the caller's session
+    uses. Use it on SQLite when the audit table is in the application's database file: there a
+    second connection would wait for the caller's write lock until it times out. Denied and
+    failed calls are still stored through `engine`, so a rollback can't erase the attempt.
     """
 
     def __init__(
@@ -635,10 +649,12 @@ class SqlAuditStore:
         batch_size: int = 100,
         flush_interval: float = 0.5,
         max_pending: int = 10_000,
+        in_caller_transaction: bool = False,
     ) -> None:
         if not isinstance(engine, (Engine, AsyncEngine)):
             raise TypeError("engine must be a SQLAlchemy Engine or AsyncEngine")
         self.engine = engine
+        self.in_caller_transaction = in_caller_transaction
         self.metadata = MetaData()
         self.table = audit_table(self.metadata, table_name, schema)
         self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending)

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import Column, Integer, MetaData, Table, insert, inspect, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ormai_agents import FieldNotAllowedError, ModelNotAllowedError, Principal, RecordNotFoundError, RunContext, Toolset, ValidationError
 from ormai_agents._redact import REDACTED, redact_inputs
@@ -344,3 +347,33 @@ async def test_write_in_callers_transaction(empty_backend: Backend) -> None:
         await session.commit()
     assert [r.tool_name for r in await store.query(tenant_id="acme")] == ["create"]
 
+
+
+async def test_sqlite_same_file_writes_audit_in_the_callers_transaction(empty_backend: Backend) -> None:
+    """On SQLite a second connection can't write while the caller holds the write lock: a write's
+    record must go through the caller's transaction (`in_caller_transaction=True`)."""
+    items = Table("items", MetaData(), Column("id", Integer, primary_key=True))
+    items.create(empty_backend.sync_engine)
+    url = empty_backend.async_engine.url
+    impatient = create_async_engine(url, connect_args={"timeout": 0.2}, poolclass=NullPool)
+    separate = SqlAuditStore(impatient, batch_size=1)
+    joined = SqlAuditStore(impatient, in_caller_transaction=True)
+    await separate.create_table()
+    record = AuditRecord(tool_name="create", model="Item", tenant_id="acme")
+    with empty_backend.session() as session:
+        session.execute(insert(items).values(id=1))  # the caller's write holds the file's write lock
+        with pytest.raises(OperationalError):
+            await deliver(separate, record, durable=True, db=session)
+        await deliver(joined, record, durable=True, db=session)
+        session.rollback()  # the change is undone, and so is its record
+        assert await joined.query() == []
+        session.execute(insert(items).values(id=2))
+        await deliver(joined, record, durable=True, db=session)
+        session.commit()
+    # Denied attempts bypass the caller's transaction: a rollback can't erase them.
+    with empty_backend.session() as session:
+        denied = AuditRecord(tool_name="delete", model="Item", tenant_id="acme", outcome="denied", error_code="write_not_allowed")
+        await deliver(joined, denied, durable=True, db=session)
+        session.rollback()
+    assert [(r.tool_name, r.outcome) for r in await joined.query(tenant_id="acme")] == [("delete", "denied"), ("create", "success")]
+    await impatient.dispose()
