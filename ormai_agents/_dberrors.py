@@ -24,6 +24,7 @@ log = logging.getLogger("ormai_agents")
 # SQLSTATEs worth retrying: serialization failure, deadlock, and the connection-exception class.
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked")
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def _sqlstate(error: BaseException | None) -> str | None:
@@ -66,6 +67,13 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
             log.warning("ormai_agents: transient database error while trying to %s", action, exc_info=error)
             raise TransientDatabaseError(
                 "The database is temporarily unavailable. Try the same call again shortly."
+            ) from None
+        if _sqlstate(error.orig) == _INSUFFICIENT_PRIVILEGE:
+            # Also a row-level security WITH CHECK violation: the row would leave the user's scope.
+            log.warning("ormai_agents: the database refused to %s for this user", action, exc_info=error)
+            raise DatabaseError(
+                "The database refused this request for the current user (a permission or row-level "
+                "security rule: the record would be outside what the user may access). Nothing was written."
             ) from None
         log.error("ormai_agents: database error while trying to %s", action, exc_info=error)
         raise DatabaseError("The database could not complete this request.") from None

@@ -486,7 +486,6 @@ class Toolset:
         return redact_inputs(plan, inputs, self.policy.redact_keys)
 
 
-_WRITE_TOOLS = frozenset({"create", "update", "delete", "bulk_update", "execute_approved"})
 # The call running in this task, so `_fetch` knows whether the call began the transaction.
 _ACTIVE_CALL: ContextVar[_Call | None] = ContextVar("ormai_agents_call", default=None)
 
@@ -532,9 +531,9 @@ class _Call:
     async def __aenter__(self) -> _Call:
         self.started = time.perf_counter()
         self._token = _ACTIVE_CALL.set(self)
-        # Writes manage their own transaction (commit, savepoint, retries) and call set_rls()
-        # after beginning it; every other call sets them here, before its first statement.
-        if self.toolset._rls_paths is not None and self.model is not None and self.tool not in _WRITE_TOOLS:
+        # Before the call's first statement; `opened` tells reads and writes whether setting them
+        # began the transaction (so it is the call's own to retry and commit).
+        if self.toolset._rls_paths is not None and self.tool != "describe_schema":
             self.opened = not self.ctx.db.in_transaction()
             try:
                 await self.toolset._set_rls(self.ctx)
@@ -542,12 +541,6 @@ class _Call:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         return self
-
-    async def set_rls(self) -> None:
-        """With `rls=True`: set the principal's row-level security settings in the current
-        transaction (again after each rollback, which discards them)."""
-        if self.toolset._rls_paths is not None:
-            await self.toolset._set_rls(self.ctx)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if self._token is not None:

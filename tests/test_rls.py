@@ -30,6 +30,8 @@ from ormai_agents import (
     RowPolicy,
     RunContext,
     Toolset,
+    WriteAction,
+    WritePolicy,
 )
 from ormai_agents.rls import generate_rls, principal_settings, settings_paths, settings_statement
 from tests import shop
@@ -117,6 +119,8 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pg]:
         conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
         conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
         conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('documents', 'id'), 10000)"))  # past the seed's ids
         generate_rls(shop.Base, rls_policy()).apply(conn)
     env = Pg(backend, role, schema)
     try:
@@ -327,6 +331,80 @@ def test_writes_are_checked_by_the_database(pg: Pg) -> None:
         conn.execute(insert(shop.Document).values(id=1004, tenant_id="globex", title="x", is_public=False))
         assert conn.execute(select(shop.Document.id).where(shop.Document.id == 1004)).scalar() == 1004
         conn.rollback()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_toolset_writes_are_checked_by_the_database(pg: Pg, mode: str) -> None:
+    """Writes through a toolset with no scoping and no auto-set (the application's checks off):
+    the database alone keeps them inside the principal's tenant."""
+    writable = WritePolicy(create=WriteAction.Allow, update=WriteAction.Allow, delete=WriteAction.Allow,
+                           bulk_update=WriteAction.Allow, max_affected_rows=1000)  # fmt: skip
+    policy = Policy(models={"Document": ModelPolicy(default_field_action=ALL, write_policy=writable)})
+    toolset = Toolset(shop.Base, policy, secret_key=b"k" * 32, rls=True)
+    acme = Principal(tenant_id="acme", user_id="u1", metadata={"level": 3})
+    with pg.backend.session() as owner:
+        foreign = owner.execute(select(shop.Document.id).where(shop.Document.tenant_id != "acme")).scalars().first()
+        own_ids = set(owner.execute(select(shop.Document.id).where(shop.Document.tenant_id == "acme")).scalars())
+        was_public = set(owner.execute(select(shop.Document.id).where(shop.Document.is_public)).scalars())
+        snapshot = owner.execute(select(shop.Document.id, shop.Document.tenant_id, shop.Document.title)
+                                 .order_by(shop.Document.id)).all()  # fmt: skip
+
+    async def call(method: str, **kwargs: Any) -> Any:
+        if mode == "sync":
+            with Session(pg.app) as s:
+                return await getattr(toolset, method)(RunContext(acme, s), model="Document", **kwargs)
+        async with AsyncSession(pg.app_async) as s:
+            return await getattr(toolset, method)(RunContext(acme, s), model="Document", **kwargs)
+
+    try:
+        for method, kwargs in (
+            ("create", {"data": {"tenant_id": "globex", "title": "x", "is_public": True}}),
+            ("create", {"data": {"tenant_id": None, "title": "x", "is_public": True}}),
+            ("update", {"id": min(own_ids), "data": {"tenant_id": "globex"}}),
+            ("update", {"id": min(own_ids), "data": {"title": "Roadmap", "tenant_id": "initech"}}),
+        ):
+            with pytest.raises(DatabaseError, match="row-level security"):
+                await call(method, **kwargs)
+        for method, kwargs in (("update", {"id": foreign, "data": {"title": "pwned"}}), ("delete", {"id": foreign})):
+            with pytest.raises(RecordNotFoundError):
+                await call(method, **kwargs)
+        # bulk_update without filters reaches only the tenant's own rows.
+        result = await call("bulk_update", filters=[{"field": "id", "op": "gte", "value": 1}], data={"is_public": True})
+        assert result.data == {"updated_count": len(own_ids)}
+        created = await call("create", data={"tenant_id": "acme", "title": "fine", "is_public": False})
+        new_id = created.data["id"]
+        assert new_id > 10000 and created.data["tenant_id"] == "acme"
+        with pg.backend.session() as owner:
+            after = owner.execute(select(shop.Document.id, shop.Document.tenant_id, shop.Document.title)
+                                  .order_by(shop.Document.id)).all()  # fmt: skip
+            public = set(owner.execute(select(shop.Document.id).where(shop.Document.is_public)).scalars())
+        assert [r for r in after if r[0] != new_id] == snapshot  # nothing else written or moved
+        assert own_ids <= public
+    finally:
+        with pg.backend.session() as owner:
+            owner.execute(delete(shop.Document).where(shop.Document.id > 10000))
+            owner.execute(update(shop.Document).where(shop.Document.id.in_(own_ids)).values(is_public=False))
+            owner.execute(update(shop.Document).where(shop.Document.id.in_(was_public)).values(is_public=True))
+            owner.commit()
+
+
+async def test_write_inside_the_hosts_transaction(pg: Pg) -> None:
+    writable = WritePolicy(create=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"})
+    policy = shop.shop_policy().model_copy(update={"models": {"Document": ModelPolicy(
+        default_field_action=ALL, scoping={"tenant_id": "principal.tenant_id"}, write_policy=writable)}})  # fmt: skip
+    toolset = Toolset(shop.Base, policy, secret_key=b"k" * 32, rls=True)
+    acme = Principal(tenant_id="acme", user_id="u1", metadata={"level": 3})
+    try:
+        with Session(pg.app) as s:
+            s.execute(text("select 1"))  # the host's transaction is open: the write uses a savepoint
+            made = await toolset.create(RunContext(acme, s), model="Document", data={"title": "t", "is_public": False})
+            s.commit()
+        with pg.backend.session() as owner:
+            assert owner.execute(select(shop.Document.tenant_id).where(shop.Document.id == made.data["id"])).scalar() == "acme"
+    finally:
+        with pg.backend.session() as owner:
+            owner.execute(delete(shop.Document).where(shop.Document.id > 10000))
+            owner.commit()
 
 
 async def test_rls_option_needs_postgresql(tmp_path: Any) -> None:
