@@ -117,6 +117,57 @@ TablesOpt = Annotated[
 SchemaOpt = Annotated[Optional[str], typer.Option("--schema", help="Database schema to reflect (default schema if omitted).")]
 
 
+# --- demo --------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    db: Annotated[
+        Optional[Path], typer.Option(help="Keep the demo's SQLite database at this path (default: a temporary file).")
+    ] = None,
+) -> None:
+    """Play a scripted agent conversation for two tenants (offline) and show what was allowed."""
+    from rich.panel import Panel
+
+    from ormai_agents._toolspecs import render
+    from ormai_agents.demo import PRINCIPALS, run_demo
+
+    con = console()
+    con.print(
+        Panel.fit(
+            "A shop with two tenants, [bold]acme[/] and [bold]globex[/], in an embedded SQLite database.\n"
+            "A LangChain agent (create_agent) with a scripted model (offline, no LLM) gets tools bound\n"
+            "to one tenant's user, then tries the other tenant's rows, a denied field and writes.",
+            title="ormai-agents demo",
+        )
+    )
+    report = run_demo(db)
+    for tenant in ("acme", "globex"):
+        who = PRINCIPALS[tenant]
+        steps = Table(title=f"Agent of {tenant} (user {who.user_id}): tool calls and results", show_lines=True)
+        for col in ("#", "intent", "tool call", "result"):
+            steps.add_column(col, overflow="fold")
+        for i, step in enumerate((s for s in report.steps if s.tenant == tenant), 1):
+            result = render(step.result)
+            if len(result) > 260:
+                result = result[:257] + "..."
+            mark = "[green]ok[/]" if step.ok else "[red]refused[/]"
+            steps.add_row(str(i), step.label, f"{step.tool}({render(step.arguments)})", f"{mark} {result}")
+        con.print(steps)
+        con.print(f"[dim]agent's answer:[/] {report.answers.get(tenant, '')}\n")
+    con.print(audit_table(report.audit, title="Audit trail (oldest first)", show_tenant=True))
+    checks = Table(title="What the demo checked")
+    checks.add_column("")
+    checks.add_column("check", overflow="fold")
+    for text, ok in report.checks:
+        checks.add_row("[green]✓[/]" if ok else "[red]✗[/]", text)
+    con.print(checks)
+    if db is not None:
+        con.print(f"The database is kept at {db}.")
+    if not report.passed:
+        raise fail("a demo check failed", code=1)
+
+
 # --- schema ------------------------------------------------------------------------------------
 
 
@@ -371,18 +422,20 @@ def audit(
     con.print(audit_table(records, title=f"{len(records)} audit record(s) of tenant {tenant!r}, newest first"))
 
 
-def audit_table(records: list[Any], title: str) -> Table:
+def audit_table(records: list[Any], title: str, show_tenant: bool = False) -> Table:
     """A rich table of audit records (also used by the demo)."""
     out = Table(title=title)
-    for col in ("time (UTC)", "user", "tool", "model", "outcome", "rows", "scope injected", "policies", "ms"):
+    columns = ["time (UTC)", "tenant", "user", "tool", "model", "outcome", "rows", "scope injected", "policies", "ms"]
+    for col in columns if show_tenant else [c for c in columns if c != "tenant"]:
         out.add_column(col, overflow="fold")
     for r in records:
         outcome = {"success": "[green]success[/]", "denied": "[red]denied[/]"}.get(r.outcome, f"[yellow]{r.outcome}[/]")
         if r.error_code:
             outcome += f" ({r.error_code})"
         policies = ", ".join(r.policies_applied) + (" [bold]bypass[/]" if r.bypass_used else "")
-        out.add_row(
+        cells = [
             r.timestamp.strftime("%H:%M:%S.%f")[:-3],
+            *([str(r.tenant_id)] if show_tenant else []),
             str(r.user_id) if r.user_id is not None else "",
             r.tool_name,
             r.model or "",
@@ -391,7 +444,8 @@ def audit_table(records: list[Any], title: str) -> Table:
             " AND ".join(r.scopes_injected),
             policies,
             f"{r.duration_ms:.1f}",
-        )
+        ]
+        out.add_row(*cells)
     return out
 
 
