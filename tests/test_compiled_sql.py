@@ -7,15 +7,13 @@ PostgreSQL (psycopg for sync sessions, asyncpg for async ones).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from ormai_agents import FieldAction, ModelPolicy, Policy, Principal, RowPolicy, RunContext, Toolset
 from tests import shop
+from tests._truth import captured
 
 # A tenant value that appears nowhere in the SQL text unless it was inlined.
 TENANT = "acme"
@@ -26,26 +24,6 @@ _PARAM = r"(?:\?|%\(\w+\)s|\$\d+)(?:::VARCHAR(?:\(\d+\))?)?"
 @pytest.fixture(scope="module")
 def toolset() -> Toolset:
     return Toolset(shop.Base, shop.shop_policy())
-
-
-@contextmanager
-def captured(backend: Any) -> Iterator[list[tuple[str, list[Any]]]]:
-    """(statement, parameter values) of every statement our tables see while the block runs."""
-    out: list[tuple[str, list[Any]]] = []
-
-    def listen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if re.search(r"\b(orders|customers|tenants)\b", statement):
-            values = list(parameters.values()) if isinstance(parameters, dict) else list(parameters or ())
-            out.append((statement, values))
-
-    engines = [backend.sync_engine, backend.async_engine.sync_engine]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", listen)
-    try:
-        yield out
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", listen)
 
 
 def assert_scoped(statement: str, params: list[Any], table: str, value: Any = TENANT, column: str = "tenant_id") -> None:
