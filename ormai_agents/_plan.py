@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, Table, and_, or_
+from sqlalchemy import select as sql_select
 from sqlalchemy.orm import DeclarativeMeta, Mapper, RelationshipProperty, class_mapper
 from sqlalchemy.sql import FromClause
 
@@ -97,6 +98,12 @@ class ModelPlan:
     max_rows: int
     relations: dict[str, RelationInfo] = field(default_factory=dict)
     _where_cache: dict[Principal, Where] = field(default_factory=dict)
+
+    def select(self, columns: list[Any]) -> Any:
+        """SELECT of these columns from the model's table (or the join of an inherited mapping)."""
+        stmt = sql_select(*columns)
+        # A plain table is inferred from the columns; a joined-inheritance join must be named.
+        return stmt if isinstance(self.selectable, Table) else stmt.select_from(self.selectable)
 
     @property
     def plain_fields(self) -> list[str]:

@@ -8,6 +8,7 @@ every depth so a secret nested inside a JSON value or an unexpected key never re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from ormai_agents._inputs import FILTER_OPS
@@ -27,11 +28,10 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: l
     - `id` is kept only when every primary-key field is plainly allowed;
     - anything under a key matching `patterns` is replaced, at any depth.
     """
-    lowered = [p.lower() for p in patterns]
+    lowered = _lowered(tuple(patterns))
 
     def secret_key(key: Any) -> bool:
-        k = str(key).lower()
-        return any(p in k for p in lowered)
+        return _matches(str(key), lowered)
 
     def plain(name: Any) -> bool:
         info = plan.fields.get(name) if plan is not None and isinstance(name, str) else None
@@ -39,6 +39,8 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: l
 
     def scrub(value: Any) -> Any:
         # Key-pattern redaction at every depth of an allowed value.
+        if value is None or isinstance(value, (str, int, float)):
+            return value
         if isinstance(value, Mapping):
             return {str(k): (REDACTED if secret_key(k) else scrub(v)) for k, v in value.items()}
         if isinstance(value, (list, tuple, set, frozenset)):
@@ -67,6 +69,18 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: l
         else:
             out[key] = scrub(value)
     return out
+
+
+@lru_cache(maxsize=64)
+def _lowered(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.lower() for p in patterns)
+
+
+@lru_cache(maxsize=4096)
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    # Input keys repeat from call to call (argument and field names): remember the verdicts.
+    lowered = key.lower()
+    return any(p in lowered for p in patterns)
 
 
 def _redact_filter(spec: Any, plain: Callable[[Any], bool], scrub: Callable[[Any], Any]) -> Any:

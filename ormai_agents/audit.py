@@ -75,7 +75,8 @@ Outcome = Literal["success", "denied", "error"]
 
 
 def _new_id() -> str:
-    return f"aud-{uuid.uuid4().hex}"
+    # 128 random bits, like uuid4, at a fraction of its cost on the per-call path.
+    return f"aud-{os.urandom(16).hex()}"
 
 
 def _now() -> datetime:

@@ -101,6 +101,7 @@ class Toolset:
         self._cursors = CursorCodec(secret, cursor_ttl_seconds)
         self._hash_key = derive_key(secret, "hash-field")
         self._principal_ids: dict[Principal, str] = {}
+        self._redact_keys = tuple(policy.redact_keys)
         self._approvals = ApprovalGate(self.approval_store, derive_key(secret, "approval"))
         self._row_shapers: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], dict[str, Any]]] = {}
         if not isinstance(rls, bool):
@@ -174,13 +175,20 @@ class Toolset:
                     raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.") from None
                 conditions.append(_keyset_after(keys, after))
 
-            # Rows are read by position: no labels, so the statement stays as lean as hand-written Core.
+            # Rows are read by position: no labels, so the statement stays as lean as hand-written
+            # Core. A sort key that is also selected is read from its selected position.
             columns = [plan.fields[n].column for n in names]
-            columns += [k.column for k in keys]
+            key_at = []
+            for k in keys:
+                try:
+                    key_at.append(columns.index(k.column))
+                except ValueError:
+                    key_at.append(len(columns))
+                    columns.append(k.column)
+            rel_at = len(columns)
             columns += _relation_key_columns(tree)
             stmt = (
-                sql_select(*columns)
-                .select_from(plan.selectable)
+                plan.select(columns)
                 .where(*where.clauses, *conditions)
                 .order_by(*(_order_clause(k) for k in keys))
                 .limit(size + 1)
@@ -191,13 +199,12 @@ class Toolset:
             shape = self._shaper(plan, names)
             out = [shape(row) for row in rows]
             if tree:
-                await self._attach(ctx, plan, tree, rows, out, len(names) + len(keys))
+                await self._attach(ctx, plan, tree, rows, out, rel_at)
             next_cursor = None
             if more and rows:
                 last = rows[-1]
-                start = len(names)
                 next_cursor = self._cursors.seal(
-                    self._binding(ctx, plan, canon, order_key), [_jsonable(last[start + i]) for i in range(len(keys))]
+                    self._binding(ctx, plan, canon, order_key), [_jsonable(last[i]) for i in key_at]
                 )
             call.row_count = len(out)
             return QueryResult(out, next_cursor)
@@ -212,8 +219,7 @@ class Toolset:
             tree = _inputs.parse_include(self._plans, plan, include, self.policy.max_include_depth)
             columns = [plan.fields[n].column for n in names] + _relation_key_columns(tree)
             stmt = (
-                sql_select(*columns)
-                .select_from(plan.selectable)
+                plan.select(columns)
                 .where(*where.clauses, *(c == v for c, v in zip(plan.pk_columns, key)))
             )
             rows = await self._fetch(ctx, stmt)
@@ -483,7 +489,7 @@ class Toolset:
 
     def redact(self, plan: ModelPlan | None, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs as they may be logged (see `ormai_agents._redact.redact_inputs`)."""
-        return redact_inputs(plan, inputs, self.policy.redact_keys)
+        return redact_inputs(plan, inputs, self._redact_keys)
 
 
 # The call running in this task, so `_fetch` knows whether the call began the transaction.
