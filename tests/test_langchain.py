@@ -12,8 +12,8 @@ from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 from ormai_agents import Policy, Principal, Toolset, WriteAction, WritePolicy
@@ -21,7 +21,7 @@ from ormai_agents.audit import AuditRecord, MemoryAuditStore
 from ormai_agents.langchain import AUDIT_EVENT, OrmAICallbackHandler, OrmAIToolkit, principal_config
 from ormai_agents.testing import ScriptedChatModel, tool_call
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import Backend, pg_url
 
 ACME = Principal(tenant_id="acme", user_id="u1")
 GLOBEX = Principal(tenant_id="globex", user_id="u2")
@@ -194,9 +194,30 @@ async def test_audit_events_reach_handlers(shop_backend: Backend, kind: str, bou
     )
 
 
+def pooled_async_engine(backend: Backend) -> Any:
+    """An async engine with a small pool: 96 concurrent tool calls share 8 connections (the
+    shared test server has a connection limit)."""
+    if not backend.is_postgres:
+        return backend.async_engine
+    with backend.session() as s:
+        schema = s.scalar(text("select current_schema()"))
+    return create_async_engine(
+        pg_url("asyncpg"), pool_size=8, max_overflow=0, connect_args={"server_settings": {"search_path": schema}}
+    )
+
+
 @pytest.mark.parametrize("shop_backend", ["postgres", "sqlite"], indirect=True)
 async def test_concurrent_runs_on_one_toolkit_never_mix(shop_backend: Backend, toolset: Toolset) -> None:
-    toolkit = OrmAIToolkit(toolset=toolset, session_factory=async_sessionmaker(shop_backend.async_engine))
+    engine = pooled_async_engine(shop_backend)
+    try:
+        await _concurrent_runs(shop_backend, toolset, engine)
+    finally:
+        if engine is not shop_backend.async_engine:
+            await engine.dispose()
+
+
+async def _concurrent_runs(shop_backend: Backend, toolset: Toolset, engine: Any) -> None:
+    toolkit = OrmAIToolkit(toolset=toolset, session_factory=async_sessionmaker(engine))
 
     def script(messages: list[BaseMessage]) -> AIMessage | str:
         if any(isinstance(m, ToolMessage) for m in messages):
