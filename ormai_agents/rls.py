@@ -24,7 +24,7 @@ start of every call with `set_config(name, value, true)`:
 | --- | --- |
 | `ormai.tenant_id`, `ormai.user_id` | the value as text (a scalar; anything else is left empty) |
 | `ormai.roles` | a JSON array of strings, `[]` without roles |
-| `ormai.metadata.<key>[.<key>...]` | JSON: a string, a number, or an array of them |
+| `ormai.metadata.<key>[.<key>...]` | the value as JSON (a list may hold only strings and numbers; otherwise it is left empty) |
 
 An unset or empty setting means no rows: every reference is wrapped in `NULLIF(..., '')` and a
 condition that needs a missing value is false, as in the toolset. A bypass row policy becomes part
@@ -182,12 +182,24 @@ def _scalar_text(value: Any) -> str | None:
 
 
 def _json_scalar(value: Any) -> Any:
-    """A JSON-ready scalar, or None when the value can't be a scope value."""
+    """A JSON-ready string or number, or None for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
         return value
     return _scalar_text(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=str)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def _encode(path: tuple[str, ...], value: Any) -> str:
@@ -200,6 +212,10 @@ def _encode(path: tuple[str, ...], value: Any) -> str:
         if any(v is None for v in items):
             return ""  # the toolset denies such a list; so does the database
         return json.dumps(sorted(items, key=str) if isinstance(value, (set, frozenset)) else items)
+    if isinstance(value, bool):
+        return json.dumps(value)  # compared as in Python; never a scope value
+    if isinstance(value, Mapping):
+        return json.dumps(_plain(value))  # equal to nothing but itself; never a scope value
     one = _json_scalar(value)
     return "" if one is None else json.dumps(one)
 
@@ -294,40 +310,67 @@ class _Settings:
     def _json(self, path: tuple[str, ...]) -> ColumnElement[Any]:
         return cast(self._raw(path), postgresql.JSONB)
 
-    def scalar(self, path: tuple[str, ...]) -> ColumnElement[Any]:
-        """The path's single value as text; NULL when unset or not a single value."""
-        if path[0] == "roles":
-            raise _CantExpress("principal.roles is a list; compare it with IN")
-        if path[0] != "metadata":
-            expr = self._raw(path)
-        else:
-            j = self._json(path)
-            expr = case(
-                (func.jsonb_typeof(j).in_(["string", "number"]),
-                 func.jsonb_build_array(j).op("->>", return_type=Text())(0)),  # fmt: skip
-            )
-        self.guards.setdefault((path, "scalar"), expr.is_not(None))
-        return expr
+    def _first(self, j: ColumnElement[Any]) -> ColumnElement[Any]:
+        # A JSON scalar as text: "x" -> x, 5 -> 5, true -> true.
+        return func.jsonb_build_array(j).op("->>", return_type=Text())(0)
 
-    def number(self, path: tuple[str, ...]) -> ColumnElement[Any]:
-        """The path's value as a number; NULL when a metadata value is not a JSON number (the
-        toolset can't compare it with a number either). tenant_id and user_id are cast."""
+    def present(self, path: tuple[str, ...]) -> None:
+        """Guard: the value is there (the toolset's "missing" is None or an empty string)."""
+        self.guards.setdefault((path, "present"), self._raw(path).is_not(None))
+
+    def for_column(self, path: tuple[str, ...], target: TypeEngine[Any]) -> ColumnElement[Any]:
+        """The path's single value, cast to a column's type; NULL (and the guard false) when
+        the toolset could not coerce it either: a list, or a JSON type the column doesn't take."""
         if path[0] == "roles":
             raise _CantExpress("principal.roles is a list; compare it with IN")
         if path[0] != "metadata":
-            expr: ColumnElement[Any] = cast(self._raw(path), Numeric())
+            text_value: ColumnElement[Any] = self._raw(path)
         else:
             j = self._json(path)
-            expr = case(
-                (func.jsonb_typeof(j) == "number",
-                 cast(func.jsonb_build_array(j).op("->>", return_type=Text())(0), Numeric())),  # fmt: skip
-            )
-        self.guards.setdefault((path, "number"), expr.is_not(None))
-        return expr
+            kind = func.jsonb_typeof(j)
+            first = self._first(j)
+            if isinstance(target, Text):
+                text_value = case((kind == "string", first))
+            elif isinstance(target, (Integer, Numeric)):
+                text_value = case((kind.in_(["string", "number"]), first),
+                                  (kind == "boolean", case((first == "true", "1"), else_="0")))  # fmt: skip
+            elif isinstance(target, Boolean):
+                text_value = case((kind.in_(["string", "number", "boolean"]), first))
+            else:
+                text_value = case((kind == "string", first))
+        self.guards.setdefault((path, f"column {target!r}"), text_value.is_not(None))
+        return cast(text_value, target)
+
+    def typed(self, path: tuple[str, ...], kind: str) -> ColumnElement[Any]:
+        """The value as text (strings only) or as a number (numbers and booleans, which Python
+        compares as 1 and 0); NULL for any other type, which then equals nothing."""
+        if path[0] == "roles":
+            raise _CantExpress("principal.roles is a list; compare it with IN")
+        if path[0] != "metadata":
+            raw = self._raw(path)
+            if kind == "text":
+                return raw
+            # tenant_id and user_id are stored as text: numeric-looking text counts as a number.
+            return case((raw.regexp_match(r"^-?[0-9]+(\.[0-9]+)?$"), cast(raw, Numeric())))
+        j = self._json(path)
+        json_kind = func.jsonb_typeof(j)
+        first = self._first(j)
+        if kind == "text":
+            return case((json_kind == "string", first))
+        return case((json_kind == "number", cast(first, Numeric())),
+                    (json_kind == "boolean", case((first == "true", 1), else_=0)))  # fmt: skip
+
+    def listed(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        """The value as a JSON array (a single value becomes an array of one), NULL when unset."""
+        j = self._json(path)
+        if path[0] == "roles":
+            return j
+        return case((func.jsonb_typeof(j) == "array", j), else_=func.jsonb_build_array(j))
 
     def elements(self, path: tuple[str, ...]) -> ColumnElement[Any] | None:
         """A set-returning expression of the path's values as text (a single value is a set of
-        one); None for tenant_id and user_id, which hold one value."""
+        one); None for tenant_id and user_id, which hold one value. Only strings and numbers:
+        the toolset refuses other scope values."""
         if path[0] in ("tenant_id", "user_id"):
             return None
         j = self._json(path)
@@ -341,11 +384,12 @@ class _Settings:
         return func.jsonb_array_elements_text(listed)
 
     def scope_present(self, path: tuple[str, ...]) -> ColumnElement[bool]:
-        """True when the path holds a usable scope value (a non-empty list counts)."""
+        """True when the path holds a usable scope value: a string, a number or a non-empty list."""
         if path[0] in ("tenant_id", "user_id"):
             return self._raw(path).is_not(None)
         j = self._json(path)
-        return and_(j.is_not(None), j != cast(literal("[]", Text()), postgresql.JSONB))
+        kind = func.jsonb_typeof(j)
+        return or_(kind.in_(["string", "number"]), and_(kind == "array", func.jsonb_array_length(j) > 0))
 
 
 def _scope_clause(settings: _Settings, column: Any, path: tuple[str, ...]) -> ColumnElement[bool]:
@@ -355,12 +399,23 @@ def _scope_clause(settings: _Settings, column: Any, path: tuple[str, ...]) -> Co
     col = sql_column(column.name, column.type)
     elements = settings.elements(path)
     if elements is None:
-        return col == cast(settings.scalar(path), target)  # type: ignore[no-any-return]
+        return col == settings.for_column(path, target)  # type: ignore[no-any-return]
     return col.in_(select(cast(elements, target)))
 
 
+def _equal(op: str, lhs: Any, rhs: Any) -> ColumnElement[bool]:
+    # Python's == between different types is False, never an error: NULL (no value of that
+    # type) becomes False for "=" and True for "!=".
+    return func.coalesce(c._sql_compare(lhs, op, rhs), op == "!=")  # type: ignore[no-any-return]
+
+
 class _Compiler:
-    """One row-policy condition as SQL over the table's columns and the principal's settings."""
+    """One row-policy condition as SQL over the table's columns and the principal's settings.
+
+    It follows the toolset's evaluation: principal values compare as in Python (== across types
+    is False; an ordering across types, or a missing value anywhere, makes the condition hold for
+    no row).
+    """
 
     def __init__(self, plan: ModelPlan, settings: _Settings) -> None:
         self.plan = plan
@@ -373,6 +428,12 @@ class _Compiler:
     def literal_for(self, name: str, lit: c.Literal) -> Any:
         _, ctype = self.column(name)
         return literal(_coerce_literal(self.plan, name, lit.value), ctype)
+
+    def target(self, ctype: TypeEngine[Any]) -> TypeEngine[Any]:
+        target = _cast_type(ctype)
+        if target is None:
+            raise _CantExpress(f"columns of type {ctype!r} can't be compared with a setting")
+        return target
 
     def compile(self, node: c.Node) -> ColumnElement[bool]:
         if isinstance(node, c.Const):
@@ -389,12 +450,6 @@ class _Compiler:
             return self.compare(node)
         return self.in_(node)
 
-    def setting_for_column(self, ref: c.Ref, ctype: TypeEngine[Any]) -> ColumnElement[Any]:
-        target = _cast_type(ctype)
-        if target is None:
-            raise _CantExpress(f"columns of type {ctype!r} can't be compared with a setting")
-        return cast(self.settings.scalar(ref.path), target)
-
     def compare(self, node: c.Compare) -> ColumnElement[bool]:
         left, right, op = node.left, node.right, node.op
         if not isinstance(left, c.Column) and isinstance(right, c.Column):
@@ -406,7 +461,7 @@ class _Compiler:
             elif isinstance(right, c.Literal):
                 rhs = self.literal_for(left.name, right)
             else:
-                rhs = self.setting_for_column(right, ctype)
+                rhs = self.settings.for_column(right.path, self.target(ctype))
             return c._sql_compare(col, op, rhs)
         # Both sides are principal values or literals.
         if isinstance(left, c.Literal) and isinstance(right, c.Literal):
@@ -417,62 +472,91 @@ class _Compiler:
         if isinstance(left, c.Literal):
             left, right, op = right, left, c._FLIP[op]
         assert isinstance(left, c.Ref)
-        lhs = self.settings.scalar(left.path)
         if isinstance(right, c.Ref):
-            if op not in ("=", "!="):
-                raise _CantExpress("principal values can be compared with each other only by = and !=")
-            return c._sql_compare(lhs, op, self.settings.scalar(right.path))
+            return self.compare_refs(left.path, op, right.path)
         value = right.value
-        if isinstance(value, bool):
-            raise _CantExpress("principal values can't be compared with true or false")
-        if isinstance(value, (int, float)):
-            return c._sql_compare(self.settings.number(left.path), op, literal(value))
+        if isinstance(value, str):
+            if op not in ("=", "!="):
+                raise _CantExpress("principal values can be compared with text only by = and != (orderings differ)")
+            lhs, rhs = self.settings.typed(left.path, "text"), literal(value, Text())
+        else:
+            lhs, rhs = self.settings.typed(left.path, "number"), literal(int(value) if isinstance(value, bool) else value)
+        if op in ("=", "!="):
+            self.settings.present(left.path)
+            return _equal(op, lhs, rhs)
+        self.settings.guards.setdefault((left.path, "number"), lhs.is_not(None))  # else a TypeError
+        return c._sql_compare(lhs, op, rhs)
+
+    def compare_refs(self, a: tuple[str, ...], op: str, b: tuple[str, ...]) -> ColumnElement[bool]:
         if op not in ("=", "!="):
-            raise _CantExpress("principal values can be compared with text only by = and != (orderings differ)")
-        return c._sql_compare(lhs, op, literal(value, Text()))
+            raise _CantExpress("principal values can be compared with each other only by = and !=")
+        self.settings.present(a)
+        self.settings.present(b)
+        plain = ("tenant_id", "user_id")
+        if a[0] in plain and b[0] in plain:
+            return c._sql_compare(self.settings._raw(a), op, self.settings._raw(b))
+        if a[0] not in plain and b[0] not in plain:
+            # As Python: numbers and booleans compare by value (1 == True), strings as text,
+            # anything else (lists) as JSON; different types are unequal.
+            num, text_ = self.settings.typed, self.settings.typed
+            equal = func.coalesce(
+                num(a, "number") == num(b, "number"),
+                text_(a, "text") == text_(b, "text"),
+                self.settings._json(a) == self.settings._json(b),
+                False,
+            )
+            return not_(equal) if op == "!=" else equal
+        text_side, json_side = (a, b) if a[0] in plain else (b, a)
+        return _equal(op, self.settings._raw(text_side), self.settings.typed(json_side, "text"))
 
     def in_(self, node: c.In) -> ColumnElement[bool]:
         left, right = node.left, node.right
         if isinstance(left, c.Column):
             col, ctype = self.column(left.name)
             if isinstance(right, c.Ref):
+                target = self.target(ctype)
                 elements = self.settings.elements(right.path)
                 if elements is None:
-                    rhs = self.setting_for_column(right, ctype)
+                    rhs = self.settings.for_column(right.path, target)
                     return col != rhs if node.negated else col == rhs  # type: ignore[no-any-return]
-                target = _cast_type(ctype)
-                if target is None:
-                    raise _CantExpress(f"columns of type {ctype!r} can't be compared with a setting")
                 sub = select(cast(elements, target))
                 return col.not_in(sub) if node.negated else col.in_(sub)
             values = [self.literal_for(left.name, lit) for lit in right]
             return col.not_in(values) if node.negated else col.in_(values)
         if isinstance(left, c.Literal):
             if isinstance(right, c.Ref):
-                if not isinstance(left.value, str):
-                    raise _CantExpress("only text literals can be looked up IN a principal value")
-                elements = self.settings.elements(right.path)
-                needle = literal(left.value, Text())
-                if elements is None:
-                    found: ColumnElement[bool] = self.settings.scalar(right.path) == needle
-                    return not_(found) if node.negated else found
-                sub = select(elements)
-                return needle.not_in(sub) if node.negated else needle.in_(sub)
+                found = self.literal_in_ref(left.value, right.path)
+                return not_(found) if node.negated else found
             hit = left.value in [lit.value for lit in right]
             return true() if hit != node.negated else false()
         assert isinstance(left, c.Ref)
         if isinstance(right, c.Ref):
             raise _CantExpress("a principal value IN another principal value can't be expressed")
-        values = [lit.value for lit in right]
-        lhs = self.settings.scalar(left.path)
-        if all(isinstance(v, str) for v in values):
-            sql_values = [literal(v, Text()) for v in values]
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            lhs = self.settings.number(left.path)
-            sql_values = [literal(v) for v in values]
-        else:
-            raise _CantExpress("an IN list compared with a principal value must hold only text or only numbers")
-        return lhs.not_in(sql_values) if node.negated else lhs.in_(sql_values)
+        self.settings.present(left.path)
+        texts = [lit.value for lit in right if isinstance(lit.value, str)]
+        numbers = [int(v) if isinstance(v, bool) else v for v in (lit.value for lit in right) if not isinstance(v, str)]
+        parts = []
+        if texts:
+            parts.append(func.coalesce(self.settings.typed(left.path, "text").in_([literal(t, Text()) for t in texts]), False))
+        if numbers:
+            parts.append(func.coalesce(self.settings.typed(left.path, "number").in_([literal(n) for n in numbers]), False))
+        found = or_(*parts) if len(parts) > 1 else parts[0]
+        return not_(found) if node.negated else found
+
+    def literal_in_ref(self, needle: Any, path: tuple[str, ...]) -> ColumnElement[bool]:
+        if isinstance(needle, bool):
+            raise _CantExpress("true or false can't be looked up IN a principal value")
+        self.settings.present(path)
+        if path[0] in ("tenant_id", "user_id"):
+            kind = "text" if isinstance(needle, str) else "number"
+            return _equal("=", self.settings.typed(path, kind), literal(needle, Text()) if kind == "text" else literal(needle))
+        listed = self.settings.listed(path)
+        # JSON containment compares typed values, as Python's `in` does (where 1 == True).
+        items = [func.jsonb_build_array(literal(needle, Text()) if isinstance(needle, str) else literal(needle))]
+        if not isinstance(needle, str) and needle in (0, 1):
+            items.append(func.jsonb_build_array(true() if needle else false()))
+        found = or_(*(listed.op("@>", is_comparison=True)(item) for item in items))
+        return func.coalesce(found, False)  # type: ignore[no-any-return]
 
 
 def _coerce_literal(plan: ModelPlan, name: str, value: Any) -> Any:
