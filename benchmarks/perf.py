@@ -84,6 +84,8 @@ def seed(engine: Engine, per_tenant: int) -> None:
         for start in range(0, len(rows), 20_000):
             conn.execute(insert(Order.__table__), rows[start : start + 20_000])
         if engine.dialect.name == "postgresql":
+            # Rows were inserted with explicit ids: move the id sequence past them.
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"))
             conn.execute(text("ANALYZE orders"))
 
 
@@ -151,7 +153,9 @@ def make_store(kind: str, engine: Engine) -> Any:
     if kind == "sql":
         from ormai_agents.audit import SqlAuditStore  # type: ignore[attr-defined]
 
-        store = SqlAuditStore(engine)
+        # The records of writes commit with the change they describe (on SQLite a second
+        # connection would wait for the caller's write lock).
+        store = SqlAuditStore(engine, in_caller_transaction=True)
         create = getattr(store, "create_table", None)
         if create is not None:
             result = create()
@@ -202,25 +206,27 @@ async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops:
                     lambda: toolset.aggregate(ctx, model="Order", function="sum", field="total", group_by=["status"]),
                 ),
             }
-            if hasattr(toolset, "update"):
-                cases["update"] = (
-                    lambda: (
-                        conn.execute(
-                            update(t).where(t.c.id == some_id, t.c.tenant_id == "t1").values(status="shipped")
-                        ),
-                        session.commit(),
+            # Writes: each side runs in its own transaction and commits it, as the toolset does
+            # when the host has none open.
+            new = {"customer_id": 1, "status": "pending", "total": Decimal("9.99")}
+            cases["update"] = (
+                lambda: (
+                    session.connection().execute(
+                        update(t).where(t.c.id == some_id, t.c.tenant_id == "t1").values(status="shipped")
                     ),
-                    lambda: toolset.update(ctx, model="Order", id=some_id, data={"status": "shipped"}),
-                )
-            if hasattr(toolset, "create"):
-                new = {"customer_id": 1, "status": "pending", "total": Decimal("9.99")}
-                cases["create"] = (
-                    lambda: (conn.execute(insert(t).values(tenant_id="t1", **new)), session.commit()),
-                    lambda: toolset.create(ctx, model="Order", data=new),
-                )
+                    session.commit(),
+                ),
+                lambda: toolset.update(ctx, model="Order", id=some_id, data={"status": "shipped"}),
+            )
+            cases["create"] = (
+                lambda: (session.connection().execute(insert(t).values(tenant_id="t1", **new)), session.commit()),
+                lambda: toolset.create(ctx, model="Order", data=new),
+            )
             for op, (raw, ours) in cases.items():
                 if ops and op not in ops:
                     continue
+                if op in ("create", "update"):
+                    session.commit()  # end the reads' transaction: writes begin and commit their own
                 try:
                     ratio, r_us, o_us = await paired(raw, ours, n if op not in ("create", "update") else max(n // 4, 50))
                 except Exception as exc:  # noqa: BLE001
@@ -231,6 +237,8 @@ async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops:
                 rows.append((name, audit, op, r_us, o_us, ratio))
                 print(f"{name:<9} {audit:<7} {op:<10} raw {r_us:8.0f} µs   ours {o_us:8.0f} µs   ratio {ratio:5.2f}", flush=True)
             session.rollback()
+        if store is not None and hasattr(store, "aclose"):
+            await store.aclose()
     return rows
 
 

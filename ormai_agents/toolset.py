@@ -592,7 +592,7 @@ class _Call:
         )
         if store is not None:
             try:
-                await deliver(store, record, durable=self.tool not in _READ_TOOLS)
+                await deliver(store, record, durable=self.tool not in _READ_TOOLS, db=self.ctx.db)
             except Exception:
                 if strict:
                     raise
