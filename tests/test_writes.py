@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from ormai_agents import (
     AuditUnavailableError,
     FieldNotAllowedError,
@@ -314,3 +315,29 @@ async def test_errors_are_ormai_errors_with_codes(wb: Backend, wdb1: Any) -> Non
     assert ts.writable_fields("Customer", "bulk_update") == []
     got = await ts.get(RunContext(GLOBEX, wdb1), "Order", ids(wb, Order, Order.tenant_id == "globex")[0])
     assert got.data["tenant_id"] == "globex"
+
+
+async def test_write_statements_carry_scope_and_row_policies(wb: Backend, wdb1: Any) -> None:
+    engine = wb.async_engine.sync_engine if wb.is_postgres else wb.sync_engine
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE", "DELETE")):
+            seen.append((" ".join(statement.split()), parameters))
+
+    ts = toolset()
+    ctx = RunContext(ACME, wdb1)
+    mine = ids(wb, Order, Order.tenant_id == "acme")
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        await ts.update(ctx, "Order", mine[0], {"status": "s"})
+        await ts.bulk_update(ctx, "Order", [{"field": "status", "op": "eq", "value": "s"}], {"quantity": 1})
+        await ts.delete(ctx, "Order", mine[0])
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert [s.split()[0] for s, _ in seen] == ["UPDATE", "UPDATE", "DELETE"]
+    for statement, parameters in seen:
+        where = statement.split(" WHERE ", 1)[1]
+        # One statement: key or filters, the tenant scope and the restrict policy, values bound.
+        assert "orders.tenant_id = " in where and "orders.quantity" in where
+        assert "acme" not in statement and "acme" in str(parameters)

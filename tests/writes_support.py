@@ -84,7 +84,8 @@ def write_policy(
 
 
 def toolset(policy: Policy | None = None, **kwargs: Any) -> Toolset:
-    return Toolset(shop.Base, policy or write_policy(), secret_key=SECRET, **kwargs)
+    kwargs.setdefault("secret_key", SECRET)
+    return Toolset(shop.Base, policy or write_policy(), **kwargs)
 
 
 def snapshot(backend: Backend, model: Any) -> list[tuple[Any, ...]]:

@@ -1,0 +1,204 @@
+"""WriteAction.RequireApproval end to end: submit, decide, execute once, refuse tampering and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from ormai_agents import (
+    ApprovalError,
+    ApprovalRequiredError,
+    FieldNotAllowedError,
+    Principal,
+    RecordNotFoundError,
+    RunContext,
+    WriteAction,
+    WriteNotAllowedError,
+)
+from ormai_agents.approvals import ApprovalStatus, MemoryApprovalStore, SqlApprovalStore
+from ormai_agents.audit import MemoryAuditStore
+from tests import shop
+from tests.conftest import Backend
+from tests.writes_support import ACME, GLOBEX, count, ids, snapshot, toolset, wb, write_policy  # noqa: F401
+
+pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+
+Order = shop.Order
+APPROVAL = write_policy(WriteAction.RequireApproval)
+
+
+@pytest.fixture(params=["memory", "sql"])
+def store(request: pytest.FixtureRequest, wb: Backend) -> Any:
+    if request.param == "memory":
+        return MemoryApprovalStore()
+    # The SQL store on the same database: the sync engine on SQLite, the async one on PostgreSQL.
+    return SqlApprovalStore(wb.async_engine if wb.is_postgres else wb.sync_engine)
+
+
+async def tamper(store: Any, approval_id: str, arguments: dict[str, Any]) -> None:
+    """Change the stored arguments behind the toolset's back."""
+    if isinstance(store, MemoryApprovalStore):
+        store._approvals[approval_id].arguments = arguments
+        return
+    stmt = update(store.table).where(store.table.c.id == approval_id).values(arguments=json.dumps(arguments))
+    engine = store.engine
+    if hasattr(engine, "sync_engine"):
+        async with engine.begin() as conn:
+            await conn.execute(stmt)
+    else:
+        with engine.begin() as conn:
+            conn.execute(stmt)
+
+
+async def test_approval_flow_end_to_end(wb: Backend, store: Any) -> None:
+    audit = MemoryAuditStore()
+    ts = toolset(APPROVAL, approval_store=store, audit_store=audit)
+    target = ids(wb, Order, Order.tenant_id == "acme")[0]
+    before = snapshot(wb, Order)
+    async with wb.async_session() as db:
+        ctx = RunContext(ACME, db)
+        with pytest.raises(ApprovalRequiredError) as pending:
+            await ts.update(ctx, "Order", target, {"status": "approved-change"})
+        approval_id = pending.value.approval_id
+        assert pending.value.to_dict()["details"]["approval_id"] == approval_id
+        assert snapshot(wb, Order) == before, "a call that needs approval writes nothing"
+        record = audit.records[-1]
+        assert (record.tool_name, record.outcome, record.error_code) == ("update", "denied", "approval_required")
+
+        approval = await store.get(approval_id)
+        assert approval.status is ApprovalStatus.Pending and approval.model == "Order" and approval.tool == "update"
+        assert approval.arguments == {"id": target, "data": {"status": "approved-change"}}
+        assert [a.id for a in await store.list(tenant_id="acme", status=ApprovalStatus.Pending)] == [approval_id]
+        assert await store.list(tenant_id="globex") == []
+
+        with pytest.raises(ApprovalError, match="waiting"):
+            await ts.execute_approved(ctx, approval_id)
+        with pytest.raises(ApprovalError):  # another principal can't run it, approved or not
+            await ts.execute_approved(RunContext(GLOBEX, db), approval_id)
+
+        decided = await store.approve(approval_id, decided_by="alice")
+        assert decided.status is ApprovalStatus.Approved and decided.decided_by == "alice"
+        with pytest.raises(ApprovalError):
+            await store.approve(approval_id)  # only a pending approval can be decided
+        with pytest.raises(ApprovalError):
+            await ts.execute_approved(RunContext(GLOBEX, db), approval_id)
+
+        result = await ts.execute_approved(ctx, approval_id)
+        assert result.data["id"] == target and result.data["status"] == "approved-change"
+        assert count(wb, Order, Order.id == target, Order.status == "approved-change") == 1
+        done = audit.records[-1]
+        assert (done.tool_name, done.outcome, done.inputs.get("approval_id")) == ("update", "success", approval_id)
+        assert done.before is not None and done.after is not None and done.after["status"] == "approved-change"
+        assert (await store.get(approval_id)).status is ApprovalStatus.Executed
+
+        # Replay: the same approval never runs twice.
+        with pytest.raises(ApprovalError, match="already been used"):
+            await ts.execute_approved(ctx, approval_id)
+
+
+async def test_an_approved_create_runs_exactly_once_even_when_raced(wb: Backend, store: Any) -> None:
+    ts = toolset(APPROVAL, approval_store=store)
+    n = count(wb, Order)
+    async with wb.async_session() as db:
+        with pytest.raises(ApprovalRequiredError) as pending:
+            await ts.create(RunContext(ACME, db), "Order", {"total": 9, "status": "once"})
+    approval_id = pending.value.approval_id
+    await store.approve(approval_id)
+
+    async def run() -> Any:
+        async with wb.async_session() as db:
+            try:
+                return await ts.execute_approved(RunContext(ACME, db), approval_id)
+            except ApprovalError as exc:
+                return exc
+
+    outcomes = await asyncio.gather(*(run() for _ in range(4)))
+    assert sum(not isinstance(o, ApprovalError) for o in outcomes) == 1
+    assert count(wb, Order) == n + 1
+    assert count(wb, Order, Order.status == "once", Order.tenant_id == "acme") == 1
+
+
+async def test_tampered_and_rejected_approvals_do_not_run(wb: Backend, store: Any) -> None:
+    ts = toolset(APPROVAL, approval_store=store)
+    mine = ids(wb, Order, Order.tenant_id == "acme")
+    theirs = ids(wb, Order, Order.tenant_id == "globex")[0]
+    before = snapshot(wb, Order)
+    async with wb.async_session() as db:
+        ctx = RunContext(ACME, db)
+        with pytest.raises(ApprovalRequiredError) as a:
+            await ts.update(ctx, "Order", mine[0], {"status": "harmless"})
+        await store.approve(a.value.approval_id)
+        # Someone with access to the store swaps in another row and value after approval.
+        await tamper(store, a.value.approval_id, {"id": theirs, "data": {"status": "pwned"}})
+        with pytest.raises(ApprovalError, match="altered"):
+            await ts.execute_approved(ctx, a.value.approval_id)
+
+        with pytest.raises(ApprovalRequiredError) as r:
+            await ts.delete(ctx, "Order", mine[1])
+        await store.reject(r.value.approval_id, decided_by="bob", reason="keep it")
+        with pytest.raises(ApprovalError, match="rejected"):
+            await ts.execute_approved(ctx, r.value.approval_id)
+
+        with pytest.raises(ApprovalError):
+            await ts.execute_approved(ctx, "apr-does-not-exist")
+
+        # An approval signed under another toolset's secret does not verify here.
+        with pytest.raises(ApprovalRequiredError) as o:
+            await ts.update(ctx, "Order", mine[2], {"status": "elsewhere"})
+        await store.approve(o.value.approval_id)
+        other = toolset(APPROVAL, approval_store=store, secret_key=b"x" * 32)
+        with pytest.raises(ApprovalError, match="altered"):
+            await other.execute_approved(ctx, o.value.approval_id)
+    assert snapshot(wb, Order) == before
+
+
+async def test_approved_writes_are_rechecked_against_the_current_policy(wb: Backend, store: Any) -> None:
+    ts = toolset(APPROVAL, approval_store=store)
+    mine = ids(wb, Order, Order.tenant_id == "acme")
+    before = snapshot(wb, Order)
+    async with wb.async_session() as db:
+        ctx = RunContext(ACME, db)
+        pending = []
+        for call in (
+            ts.update(ctx, "Order", mine[0], {"status": "s1"}),
+            ts.update(ctx, "Order", mine[1], {"quantity": 500}),  # breaks the row policy when run
+            ts.delete(ctx, "Order", mine[2]),
+        ):
+            with pytest.raises(ApprovalRequiredError) as p:
+                await call
+            await store.approve(p.value.approval_id)
+            pending.append(p.value.approval_id)
+
+        # The policy changed since: updates are now denied.
+        stricter = toolset(
+            write_policy(WriteAction.RequireApproval, order_ops={"update": WriteAction.Deny}), approval_store=store
+        )
+        with pytest.raises(WriteNotAllowedError):
+            await stricter.execute_approved(ctx, pending[0])
+        with pytest.raises(WriteNotAllowedError):  # WITH CHECK still holds for approved writes
+            await ts.execute_approved(ctx, pending[1])
+        assert (await store.get(pending[1])).status is ApprovalStatus.Failed
+
+        # The row left the principal's scope after approval: the approved delete finds nothing.
+        with wb.sync_engine.begin() as conn:
+            conn.execute(update(Order).where(Order.id == mine[2]).values(tenant_id="globex"))
+        with pytest.raises(RecordNotFoundError):
+            await ts.execute_approved(ctx, pending[2])
+        with wb.sync_engine.begin() as conn:
+            conn.execute(update(Order).where(Order.id == mine[2]).values(tenant_id="acme"))
+    assert snapshot(wb, Order) == before
+
+
+async def test_invalid_requests_are_refused_before_anyone_is_asked(wb: Backend, store: Any) -> None:
+    ts = toolset(APPROVAL, approval_store=store)
+    async with wb.async_session() as db:
+        with pytest.raises(FieldNotAllowedError):
+            await ts.create(RunContext(ACME, db), "Order", {"total": 1, "tenant_id": "globex"})
+        with pytest.raises(Exception) as denied:
+            await ts.create(RunContext(Principal(user_id="nobody"), db), "Order", {"total": 1})
+        assert denied.value.code == "access_denied"
+    assert await store.list() == []
