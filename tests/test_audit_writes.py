@@ -30,7 +30,9 @@ async def make_store(kind: str, backend: Backend, tmp_path: Path) -> Any:
     if kind == "sql-in-caller-tx":  # the application's own database, in the write's transaction
         store = SqlAuditStore(backend.async_engine, in_caller_transaction=True)
     elif backend.is_postgres:  # the same database through the store's own connections
-        store = SqlAuditStore(create_engine(backend.sync_engine.url, connect_args={"options": _search_path(backend)}))
+        store = SqlAuditStore(
+            create_engine(backend.sync_engine.url, connect_args={"options": _search_path(backend)}, poolclass=NullPool)
+        )
     else:  # SQLite: a second connection can't write while the write holds the file, so another file
         store = SqlAuditStore(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}", poolclass=NullPool))
     await store.create_table()
