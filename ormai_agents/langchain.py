@@ -24,6 +24,18 @@ Tracing: the tools put the principal's tenant and user in their run metadata
 toolset call, allowed, denied or failed, the tool emits its `AuditRecord` as a custom event
 named `ormai_audit` (`AUDIT_EVENT`); callback handlers in `config["callbacks"]` receive it,
 `OrmAICallbackHandler` among them, and so does `astream_events`.
+
+Approvals (`WriteAction.RequireApproval`): inside a LangGraph run (`create_agent(...,
+checkpointer=...)`) the write tool pauses the graph with `langgraph.types.interrupt` before
+touching the database. The interrupt's value describes the request (`type="ormai_approval"`,
+tool, operation, model, arguments, tenant_id, user_id). The host resumes with
+`Command(resume=...)`: `True`/`False`, `"approve"`/`"reject"`, or
+`{"approve": bool, "decided_by": str, "reason": str}`. The tool then submits the write to the
+toolset's approval store, records the decision there, and runs it with
+`Toolset.execute_approved` (a rejection reaches the model as a tool error; nothing is written).
+The write is checked under the policy when it runs, so an approval never widens the scope.
+Outside a graph (a direct `invoke`), the toolset's own flow applies: the model gets an
+`approval_required` error with the approval id, and the host approves and executes it.
 """
 
 from __future__ import annotations
@@ -46,19 +58,23 @@ from pydantic import ConfigDict, PrivateAttr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ormai_agents._context import Principal, RunContext
-from ormai_agents._errors import AccessDeniedError, OrmAIError
+from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError
 from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable, render
 from ormai_agents.audit import AuditRecord, AuditStore
 from ormai_agents.toolset import Toolset
 
 __all__ = ["AUDIT_EVENT", "OrmAICallbackHandler", "OrmAITool", "OrmAIToolkit", "audit_record_from_event", "principal_config"]
 
+try:  # langgraph comes with `langchain`; approvals pause through it, plain tools don't need it
+    from langgraph.types import interrupt
+except ImportError:  # pragma: no cover - langchain-core alone
+    interrupt = None  # type: ignore[assignment]
+
 log = logging.getLogger("ormai_agents")
 
 AUDIT_EVENT = "ormai_audit"
 """Name of the custom event carrying an `AuditRecord` (as `AuditRecord.to_dict()`)."""
 
-_WRITES = frozenset({"create", "update", "delete", "bulk_update"})
 _GENERIC = OrmAIError("The request could not be completed. Try again, or try a different request.")
 _NO_PRINCIPAL = AccessDeniedError(
     "This tool has no identity to run as, so the call was refused. It can't be given in the tool "
@@ -100,8 +116,15 @@ class _Runner:
     session_factory: Callable[[], Any]
 
     async def call(
-        self, spec: ToolSpec, principal: Principal, arguments: dict[str, Any], sink: Callable[[AuditRecord], None], sync: bool
+        self,
+        spec: ToolSpec,
+        principal: Principal,
+        arguments: dict[str, Any],
+        sink: Callable[[AuditRecord], None],
+        sync: bool,
+        decision: _Decision | None = None,
     ) -> Any:
+        """Run the tool in a session of its own (the toolset commits its writes)."""
         if sync and isinstance(self.session_factory, async_sessionmaker):
             raise _HostError(_ASYNC_IN_SYNC)
         session = self.session_factory()
@@ -109,15 +132,53 @@ class _Runner:
             if sync:
                 raise _HostError(_ASYNC_IN_SYNC)
             async with session:
-                result = await spec.run(self.toolset, RunContext(principal, session, on_audit=sink), arguments)
-                if spec.method in _WRITES and session.in_transaction():
-                    await session.commit()
-                return result
+                return await self._run(spec, RunContext(principal, session, on_audit=sink), arguments, decision)
         with session:
-            result = await spec.run(self.toolset, RunContext(principal, session, on_audit=sink), arguments)
-            if spec.method in _WRITES and session.in_transaction():
-                session.commit()
-            return result
+            return await self._run(spec, RunContext(principal, session, on_audit=sink), arguments, decision)
+
+    async def _run(self, spec: ToolSpec, ctx: RunContext, arguments: dict[str, Any], decision: _Decision | None) -> Any:
+        try:
+            return await spec.run(self.toolset, ctx, arguments)
+        except ApprovalRequiredError as pending:
+            if decision is None:  # no one to ask here: the model hears the approval id
+                raise
+            # The toolset validated the request and recorded it as pending: record the person's
+            # decision and let the toolset run it (or refuse it), audited like any approved write.
+            db: Any = ctx.db
+            if isinstance(db, AsyncSession):
+                await db.rollback()
+            else:
+                db.rollback()
+            store: Any = self.toolset.approval_store
+            decide = store.approve if decision.approve else store.reject
+            await decide(pending.approval_id, decided_by=decision.decided_by, reason=decision.reason)
+            return await self.toolset.execute_approved(ctx, pending.approval_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Decision:
+    approve: bool
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+_DECISION_HELP = (
+    'Resume an ormai approval with True/False, "approve"/"reject", or '
+    '{"approve": bool, "decided_by": str, "reason": str}'
+)
+
+
+def _decision(answer: Any) -> _Decision:
+    """The host's resume value as a decision; anything unrecognised is the host's mistake."""
+    if isinstance(answer, bool):
+        return _Decision(answer)
+    if answer in ("approve", "reject"):
+        return _Decision(answer == "approve")
+    if isinstance(answer, dict) and isinstance(answer.get("approve"), bool) and set(answer) <= {"approve", "decided_by", "reason"}:
+        by, reason = answer.get("decided_by"), answer.get("reason")
+        if (by is None or isinstance(by, str)) and (reason is None or isinstance(reason, str)):
+            return _Decision(answer["approve"], by, reason)
+    raise _HostError(_DECISION_HELP)
 
 
 _ASYNC_IN_SYNC = (
@@ -172,12 +233,34 @@ class OrmAITool(BaseTool):
             raise ToolException(render(_NO_PRINCIPAL.to_dict()))
         return principal
 
+    def _ask(self, principal: Principal, arguments: dict[str, Any]) -> _Decision | None:
+        """For a write that needs approval: pause the graph until the host resumes it with a
+        decision. None outside a LangGraph run (no interrupt possible)."""
+        if not self.spec.requires_approval or interrupt is None:
+            return None
+        request = {
+            "type": "ormai_approval",
+            "tool": self.name,
+            "operation": self.spec.method,
+            "model": self.spec.model,
+            "arguments": jsonable(arguments),
+            "tenant_id": jsonable(principal.tenant_id),
+            "user_id": jsonable(principal.user_id),
+            "description": self.description,
+        }
+        try:
+            answer = interrupt(request)
+        except (KeyError, RuntimeError):  # not inside a graph run: no one to ask
+            return None
+        return _decision(answer)
+
     def _run(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
         # `self` is positional-only so that an argument named "self" is just an unknown argument.
         principal = self._principal(config)
+        decision = self._ask(principal, arguments)  # may pause the graph (raises GraphInterrupt)
         records: list[AuditRecord] = []
         try:
-            result = _run_blocking(lambda: self.runner.call(self.spec, principal, arguments, records.append, True))
+            result = _run_blocking(lambda: self.runner.call(self.spec, principal, arguments, records.append, True, decision))
         except Exception as exc:
             raise _as_tool_error(exc) from exc
         finally:
@@ -187,9 +270,10 @@ class OrmAITool(BaseTool):
 
     async def _arun(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
         principal = self._principal(config)
+        decision = self._ask(principal, arguments)
         records: list[AuditRecord] = []
         try:
-            result = await self.runner.call(self.spec, principal, arguments, records.append, False)
+            result = await self.runner.call(self.spec, principal, arguments, records.append, False, decision)
         except Exception as exc:
             raise _as_tool_error(exc) from exc
         finally:
