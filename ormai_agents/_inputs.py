@@ -139,8 +139,8 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
     if op in ("contains", "startswith", "endswith"):
         if info.pytype is not str:
             raise ValidationError(f"Filter {i}: {op} applies to text fields only")
-        if not isinstance(value, str):
-            raise ValidationError(f"Filter {i}: {op} takes a text value")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
         # autoescape escapes %, _ and the escape character itself, and adds ESCAPE '/'.
         method = {"contains": col.contains, "startswith": col.startswith, "endswith": col.endswith}[op]
         return method(value, autoescape=True), value

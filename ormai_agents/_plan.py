@@ -265,7 +265,7 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
             action=action,
             mask_show_last=fp.mask_show_last if fp is not None else 0,
             pytype=pt,
-            coerce=_types.make_coercer(pt),
+            coerce=_types.coercer_for(column.type),
             nullable=bool(column.nullable),
             primary_key=column.primary_key or column.key in pk_names,
         )
@@ -276,10 +276,10 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
     scoping = []
     for fname, path in mp.scoping.items():
         column = col(fname, "scoping")
-        scoping.append((fname, column, parse_principal_path(path), _types.make_coercer(_types.python_type(column.type))))
+        scoping.append((fname, column, parse_principal_path(path), _types.coercer_for(column.type)))
 
     bindings = {
-        k: ColumnBinding(c, _types.make_coercer(_types.python_type(c.type))) for k, c in columns.items()
+        k: ColumnBinding(c, _types.coercer_for(c.type)) for k, c in columns.items()
     }
     restricts: list[CompiledRowPolicy] = []
     permits: list[CompiledRowPolicy] = []
@@ -326,7 +326,7 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
         fields=fields,
         pk=pk,
         pk_columns=pk_columns,
-        pk_coercers=[_types.make_coercer(_types.python_type(c.type)) for c in pk_columns],
+        pk_coercers=[_types.coercer_for(c.type) for c in pk_columns],
         scoping=scoping,
         restricts=restricts,
         permits=permits,

@@ -77,6 +77,8 @@ def make_coercer(pt: type | None) -> Callable[[Any], Any]:
         if value is None:
             raise ValueError("null is not a value here; use the is_null operator")
         if is_str and type(value) is str:
+            if "\x00" in value:  # PostgreSQL text can't hold it: refuse here, not in the driver
+                raise ValueError("text can't contain NUL characters")
             return value  # the common case, without a validation round trip
         if isinstance(value, (list, dict, tuple, set)) or (is_int and isinstance(value, bool)):
             raise ValueError(f"expected a single {json_type_name(pt)} value")
@@ -88,6 +90,24 @@ def make_coercer(pt: type | None) -> Callable[[Any], Any]:
             raise ValueError("expected an integer within the 64-bit range")
         return out
 
+    return coerce
+
+
+def coercer_for(column_type: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
+    """`make_coercer` for a column, plus the column's own rule: a DateTime column without a time
+    zone takes only values without an offset (drivers disagree on what an offset means there:
+    SQLite drops it, psycopg converts it to the session's zone, asyncpg refuses it)."""
+    pt = python_type(column_type)
+    coerce = make_coercer(pt)
+    if pt is dt.datetime and isinstance(column_type, sqltypes.DateTime) and not column_type.timezone:
+
+        def naive(value: Any) -> Any:
+            out = coerce(value)
+            if out.tzinfo is not None:
+                raise ValueError("expected a date-time without a time zone offset")
+            return out
+
+        return naive
     return coerce
 
 

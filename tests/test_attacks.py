@@ -555,3 +555,24 @@ async def test_audit_records_of_attacks_hold_no_secrets(shop_db: Any) -> None:
         assert record.outcome == "denied" and record.tenant_id == "acme"
         assert "$2b$12$secret5" not in repr(record.to_dict())
         assert record.error_message and "password_hash" not in record.error_message
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"field": "created_at", "op": "lt", "value": "2026-01-01T00:00:00+05:00"},
+        {"field": "created_at", "op": "eq", "value": "2026-01-01T12:00:00Z"},
+        {"field": "created_at", "op": "between", "value": ["2026-01-01T00:00:00", "2027-01-01T00:00:00Z"]},
+        {"field": "status", "op": "eq", "value": "pen\x00ding"},
+        {"field": "status", "op": "in", "value": ["pending", "\x00"]},
+        {"field": "status", "op": "contains", "value": "\x00"},
+        {"field": "status", "op": "startswith", "value": "a\x00"},
+    ],
+)
+async def test_values_drivers_disagree_on_are_refused_alike(toolset: Toolset, shop_db: Any, spec: dict[str, Any]) -> None:
+    # An offset against a column without a time zone, or a NUL in text: SQLite, psycopg and asyncpg
+    # would each do something different (ignore, convert, fail); every backend refuses instead.
+    ctx = RunContext(ACME, shop_db)
+    await expect(ValidationError, toolset.query(ctx, model="Order", filters=[spec]))
+    page = await toolset.query(ctx, model="Order", limit=3, filters=[{"field": "created_at", "op": "lt", "value": "2027-01-01T00:00:00"}])
+    assert len(page.rows) == 3
