@@ -431,6 +431,27 @@ async def test_toolset_writes_are_checked_by_the_database(pg: Pg, mode: str) -> 
             owner.commit()
 
 
+async def test_permit_rows_are_readable_but_not_writable(pg: Pg) -> None:
+    """A permit widens reads only: another tenant's public document can't be changed or deleted,
+    whatever the application layer would allow."""
+    models = dict(rls_policy().models)
+    models["Document"] = models["Document"].model_copy(update={"write_policy": WritePolicy(
+        update=WriteAction.Allow, delete=WriteAction.Allow)})  # fmt: skip
+    toolset = Toolset(shop.Base, Policy(models=models), secret_key=b"k" * 32, rls=True)
+    acme = Principal(tenant_id="acme", user_id="u1", metadata={"level": 3})
+    with pg.backend.session() as owner:
+        public = owner.execute(select(shop.Document.id, shop.Document.title).where(
+            shop.Document.tenant_id == "globex", shop.Document.is_public)).first()  # fmt: skip
+    assert public is not None
+    with Session(pg.app) as s:
+        assert (await toolset.get(RunContext(acme, s), model="Document", id=public.id)).data["title"] == public.title
+        for method, kwargs in (("update", {"data": {"title": "defaced"}}), ("delete", {})):
+            with pytest.raises(RecordNotFoundError):
+                await getattr(toolset, method)(RunContext(acme, s), model="Document", id=public.id, **kwargs)
+    with pg.backend.session() as owner:
+        assert owner.execute(select(shop.Document.title).where(shop.Document.id == public.id)).scalar() == public.title
+
+
 async def test_write_inside_the_hosts_transaction(pg: Pg) -> None:
     writable = WritePolicy(create=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"})
     policy = shop.shop_policy().model_copy(update={"models": {"Document": ModelPolicy(
