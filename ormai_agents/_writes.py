@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, insert, tuple_, update
+from sqlalchemy import Table, and_, delete, insert, true, tuple_, update
 from sqlalchemy import select as sql_select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -355,51 +355,79 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     assert table is not None
     principal = call.ctx.principal
     names = list(plan.fields)
+    width = len(names)
     shape = toolset._shaper(plan, names)
     columns = [plan.fields[n].column.label(n) for n in names]
+    # On PostgreSQL the WITH CHECK is part of the write statement: RETURNING evaluates the policy
+    # clauses on the written row. Elsewhere the row is re-selected by key in the same transaction
+    # (SQLite 3.40 evaluates `col IS NULL` wrongly inside RETURNING).
+    returning = (await _dialect(db)).name == "postgresql"
+    check = and_(*where.clauses).label("_check") if where.clauses else true().label("_check")
     not_found = RecordNotFoundError(
         f"No {plan.name} with that id is visible to you. Use query to find the records you can see."
     )
+    check_failed = WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
 
     def by_key(key: Any) -> list[Any]:
         return [c == v for c, v in zip(plan.pk_columns, key)]
 
     def snapshot(*conditions: Any, lock: bool = False) -> Any:
-        stmt = sql_select(*columns).select_from(table).where(*conditions, *where.clauses)
+        stmt = sql_select(*columns, check).select_from(table).where(*conditions, *where.clauses)
         return stmt.with_for_update() if lock else stmt
 
+    def values_of(auto: Mapping[str, _AutoSet]) -> dict[Any, Any]:
+        values = {**change.values, **_auto_values(auto, principal)}
+        return {plan.columns[k]: v for k, v in values.items()}
+
     if change.op == "create":
-        values = {**change.values, **_auto_values(wplan.auto_create, principal)}
         await _check_references(toolset, wplan, change.values, principal, db)
-        result = await _run(db, insert(table).values({plan.columns[k]: v for k, v in values.items()}))
-        key = list(result.inserted_primary_key or ())
-        rows = (await _run(db, snapshot(*by_key(key)))).all() if key and None not in key else []
-        if not rows:
-            raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
+        stmt = insert(table).values(values_of(wplan.auto_create))
+        if returning:
+            rows = (await _run(db, stmt.returning(*columns, check))).all()
+        else:
+            key = list((await _run(db, stmt)).inserted_primary_key or ())
+            rows = (await _run(db, snapshot(*by_key(key)))).all() if key and None not in key else []
+        if not rows or not rows[0][width]:
+            raise check_failed
         call.after = shape(rows[0])
         call.row_count = 1
         return WriteResult(dict(call.after))
 
-    if change.op in ("update", "delete"):
+    if change.op == "delete":
         match = by_key(change.key)
+        stmt = delete(table).where(*match, *where.clauses)
+        if returning:
+            rows = (await _run(db, stmt.returning(*columns))).all()
+        else:
+            rows = (await _run(db, snapshot(*match, lock=True))).all()
+            if rows and (await _run(db, stmt)).rowcount != 1:
+                rows = []
+        if not rows:
+            raise not_found
+        call.before = shape(rows[0])
+        call.row_count = 1
+        return WriteResult(dict(call.before))
+
+    if change.op == "update":
+        match = by_key(change.key)
+        # The before snapshot is for the audit record only; the UPDATE decides by its own WHERE.
         before = (await _run(db, snapshot(*match, lock=True))).all()
         if not before:
             raise not_found
         call.before = shape(before[0])
-        if change.op == "delete":
-            result = await _run(db, delete(table).where(*match, *where.clauses))
-            if result.rowcount != 1:
-                raise not_found
-            call.row_count = 1
-            return WriteResult(dict(call.before))
-        values = {**change.values, **_auto_values(wplan.auto_update, principal)}
         await _check_references(toolset, wplan, change.values, principal, db)
-        stmt = update(table).where(*match, *where.clauses).values({plan.columns[k]: v for k, v in values.items()})
-        if (await _run(db, stmt)).rowcount != 1:
-            raise not_found
-        after = (await _run(db, snapshot(*match))).all()
+        stmt = update(table).where(*match, *where.clauses).values(values_of(wplan.auto_update))
+        if returning:
+            after = (await _run(db, stmt.returning(*columns, check))).all()
+        else:
+            if (await _run(db, stmt)).rowcount != 1:
+                raise not_found
+            # Updated but no longer visible under the policy: the check fails.
+            after = (await _run(db, snapshot(*match))).all() or [(*before[0][:width], False)]
         if not after:
-            raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
+            raise not_found
+        if not after[0][width]:
+            raise check_failed
         call.after = shape(after[0])
         call.row_count = 1
         return WriteResult(dict(call.after))
@@ -408,7 +436,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     limit = plan.policy.write_policy.max_affected_rows
     pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(plan.pk_columns)]
     stmt = (
-        sql_select(*columns, *pk_labels)
+        sql_select(*columns, check, *pk_labels)
         .select_from(table)
         .where(*where.clauses, *change.filters)
         .order_by(*plan.pk_columns)
@@ -426,24 +454,26 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         call.row_count = 0
         call.after = {"updated_count": 0}
         return WriteResult({"updated_count": 0})
-    width = len(names)
-    keys = [tuple(r[width:]) for r in before]
+    keys = [tuple(r[width + 1 :]) for r in before]
     in_keys = (
         plan.pk_columns[0].in_([k[0] for k in keys])
         if len(plan.pk_columns) == 1
         else tuple_(*plan.pk_columns).in_(keys)
     )
-    values = {**change.values, **_auto_values(wplan.auto_update, principal)}
     await _check_references(toolset, wplan, change.values, principal, db)
-    stmt = update(table).where(in_keys, *where.clauses, *change.filters).values(
-        {plan.columns[k]: v for k, v in values.items()}
-    )
-    count = (await _run(db, stmt)).rowcount
+    stmt = update(table).where(in_keys, *where.clauses, *change.filters).values(values_of(wplan.auto_update))
+    if returning:
+        after = (await _run(db, stmt.returning(*columns, check))).all()
+        count = len(after)
+    else:
+        count = (await _run(db, stmt)).rowcount
+        after = (await _run(db, snapshot(in_keys))).all()
+        if len(after) < count:
+            after = []  # some updated rows are no longer visible
     if count != len(keys):
         # Rows changed between the count and the write (only where FOR UPDATE is not supported).
         raise TransientDatabaseError("The records changed while they were being updated. Nothing was written; try again.")
-    after = (await _run(db, snapshot(in_keys))).all()
-    if len(after) != count:
+    if len(after) != count or not all(r[width] for r in after):
         raise WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name).replace("record would", "records would"))
     call.after = {"updated_count": count, "rows": [shape(r) for r in after]}
     call.row_count = count
@@ -487,6 +517,14 @@ async def _aw(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def _dialect(db: Any) -> Any:
+    if isinstance(db, AsyncSession):
+        return (await db.connection()).dialect
+    if isinstance(db, Session):
+        return db.connection().dialect
+    return db.dialect
 
 
 async def _run(db: Any, stmt: Any) -> Any:
