@@ -1,12 +1,12 @@
 """The peer, measured the same way: `ormai` 0.2.1 against raw SQLAlchemy Core, side by side.
 
 It needs its own virtual environment (it requires sqlalchemy<2.1), and reads the SQLite file that
-`python -m benchmarks.perf` writes (3 tenants x 10k orders, the same data):
+`python -m benchmarks.perf` writes (3 tenants x 10k orders, the same data and the same pairing):
 
     python -m venv .venv-peer
     .venv-peer/bin/pip install "ormai==0.2.1" "sqlalchemy<2.1"
-    python -m benchmarks.perf --only-sqlite-data          # writes benchmarks/.data/bench.db
-    .venv-peer/bin/python benchmarks/peer_ormai.py benchmarks/.data/bench.db
+    python -m benchmarks.perf --backends sqlite -n 10       # builds benchmarks/.data/bench-10000.db
+    .venv-peer/bin/python benchmarks/peer_ormai.py benchmarks/.data/bench-10000.db
 
 Prints median paired ratios (peer / raw Core) for a 50-row scoped query, a get by id and a count.
 """
@@ -107,4 +107,4 @@ async def main(path: str, n: int = 2000) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/.data/bench.db"))
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/.data/bench-10000.db"))
