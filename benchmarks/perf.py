@@ -150,6 +150,13 @@ def make_store(kind: str, engine: Engine) -> Any:
         return None
     if kind == "memory":
         return MemoryAuditStore()
+    if kind in ("jsonl", "jsonl-batched"):
+        from ormai_agents.audit import JsonlAuditStore
+
+        DATA.mkdir(exist_ok=True)
+        path = DATA / f"audit-{os.getpid()}.jsonl"
+        # jsonl: every record appended before the call returns; jsonl-batched: reads in batches of 100.
+        return JsonlAuditStore(path, max_bytes=64 * 1024 * 1024, batch_size=100 if kind == "jsonl-batched" else 1)
     if kind == "sql":
         from ormai_agents.audit import SqlAuditStore  # type: ignore[attr-defined]
 
