@@ -49,6 +49,34 @@ def is_transient(error: sa_exc.DBAPIError) -> bool:
     return False
 
 
+_CONSTRAINT_KINDS = {"23505": "unique", "23503": "foreign_key", "23502": "not_null", "23514": "check"}
+_SQLITE_CONSTRAINTS = (
+    ("unique constraint", "unique"),
+    ("foreign key constraint", "foreign_key"),
+    ("not null constraint", "not_null"),
+    ("check constraint", "check"),
+)
+_CONSTRAINT_MESSAGES = {
+    "unique": "A record with the same value already exists (a unique constraint).",
+    "foreign_key": "The change refers to a record that does not exist, or removes one that other records still refer to.",
+    "not_null": "A required value is missing.",
+    "check": "A value breaks a rule of the database (a check constraint).",
+    "": (
+        "The change conflicts with existing data or a database constraint (a duplicate value, "
+        "a reference to a record that does not exist, or a missing required value)."
+    ),
+}
+
+
+def _constraint_kind(error: sa_exc.DBAPIError) -> str | None:
+    orig = error.orig
+    state = _sqlstate(orig) or _sqlstate(getattr(orig, "__cause__", None))
+    if state in _CONSTRAINT_KINDS:
+        return _CONSTRAINT_KINDS[state]
+    text = str(orig).lower()
+    return next((kind for marker, kind in _SQLITE_CONSTRAINTS if marker in text), None)
+
+
 @contextmanager
 def map_db_errors(action: str = "run the statement") -> Iterator[None]:
     """Translate SQLAlchemy/driver exceptions raised inside the block into OrmAIErrors."""
@@ -58,9 +86,11 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
         raise
     except sa_exc.IntegrityError as error:
         log.info("ormai_agents: integrity error while trying to %s", action, exc_info=error)
+        kind = _constraint_kind(error)
+        # The kind of constraint only: never its name, its columns or the conflicting values.
         raise IntegrityConstraintError(
-            "The change conflicts with existing data or a database constraint (a duplicate value, "
-            "a reference to a record that does not exist, or a missing required value). Nothing was written."
+            _CONSTRAINT_MESSAGES.get(kind or "", _CONSTRAINT_MESSAGES[""]) + " Nothing was written.",
+            details={"constraint": kind} if kind else None,
         ) from None
     except sa_exc.DBAPIError as error:
         if is_transient(error):

@@ -229,6 +229,11 @@ async def test_integrity_errors_carry_no_sql_or_values(wb: Backend, wdb1: Any) -
         await toolset().create(RunContext(ACME, wdb1), "Tenant", {"name": "Again"})
     text = str(err.value).lower()
     assert "acme" not in text and "insert" not in text and "tenants" not in text and "again" not in text
+    assert err.value.to_dict() == {
+        "error": "constraint_violation",
+        "message": "A record with the same value already exists (a unique constraint). Nothing was written.",
+        "details": {"constraint": "unique"},
+    }
     assert not wdb1.in_transaction()
     assert count(wb, shop.Tenant) == 3
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -36,15 +36,20 @@ def prepare(backend: Backend) -> Backend:
     if not backend.is_postgres:
         sqlite_savepoints(backend.sync_engine)
         sqlite_savepoints(backend.async_engine.sync_engine)
-    shop.Base.metadata.create_all(backend.sync_engine)
-    with backend.session() as s:
-        s.add_all(shop.seed_rows())
-        s.commit()
+    # Core executemany per table: much cheaper than an ORM flush, and each test gets a fresh copy.
+    rows: dict[Any, list[dict[str, Any]]] = {}
+    for obj in shop.seed_rows():
+        table = type(obj).__table__
+        rows.setdefault(table, []).append({c.key: getattr(obj, c.key) for c in table.columns})
+    with backend.sync_engine.begin() as conn:
+        shop.Base.metadata.create_all(conn, checkfirst=False)
+        for table in shop.Base.metadata.sorted_tables:
+            if rows.get(table):
+                conn.execute(insert(table), rows[table])
         if backend.is_postgres:  # the seed sets ids explicitly: move the sequences past them
             for model in (shop.Customer, shop.Order, shop.Document):
-                table = model.__tablename__
-                s.execute(select(func.setval(func.pg_get_serial_sequence(table, "id"), select(func.max(model.id)).scalar_subquery())))
-            s.commit()
+                sequence = func.pg_get_serial_sequence(model.__tablename__, "id")
+                conn.execute(select(func.setval(sequence, select(func.max(model.id)).scalar_subquery())))
     return backend
 
 
