@@ -346,3 +346,18 @@ async def test_write_statements_carry_scope_and_row_policies(wb: Backend, wdb1: 
         # One statement: key or filters, the tenant scope and the restrict policy, values bound.
         assert "orders.tenant_id = " in where and "orders.quantity" in where
         assert "acme" not in statement and "acme" in str(parameters)
+
+
+async def test_connections_work_like_sessions(wb: Backend) -> None:
+    ts = toolset()
+    n = count(wb, Order)
+    with wb.sync_engine.connect() as conn:  # no transaction open: the toolset commits
+        await ts.create(RunContext(ACME, conn), "Order", {"total": 1, "status": "via-connection"})
+        assert not conn.in_transaction()
+    assert count(wb, Order, Order.status == "via-connection") == 1
+    async with wb.async_engine.connect() as aconn:
+        await aconn.begin()  # the host's transaction: a savepoint, the host decides
+        await ts.create(RunContext(ACME, aconn), "Order", {"total": 1, "status": "via-async-connection"})
+        assert aconn.in_transaction()
+        await aconn.rollback()
+    assert count(wb, Order) == n + 1
