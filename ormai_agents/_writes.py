@@ -298,7 +298,7 @@ def _auto_values(auto: Mapping[str, _AutoSet], principal: Principal) -> dict[str
             if value is None or value == "" or isinstance(value, (tuple, list, Mapping, bool)):
                 raise AccessDeniedError(_DENIED_MESSAGE)
             try:
-                out[name] = _types.make_coercer(_types.python_type(spec.column.type))(value)
+                out[name] = _types.coercer_for(spec.column.type)(value)
             except ValueError:
                 raise AccessDeniedError(_DENIED_MESSAGE) from None
         else:
@@ -327,9 +327,11 @@ async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval:
     principal = call.ctx.principal
     where = call.where = plan.where(principal)
     wplan = toolset._write_plans[plan.name]
-    args = normalize_arguments(op, args)
+    needs_approval = action is WriteAction.RequireApproval and approval is None
+    if needs_approval:
+        args = normalize_arguments(op, args)  # the JSON form is what is stored, approved and run
     change = parse_change(wplan, op, args)
-    if action is WriteAction.RequireApproval and approval is None:
+    if needs_approval:
         approval_id = await toolset._approvals.submit(toolset, principal, op, plan.name, args)
         raise ApprovalRequiredError(
             f"This {op} on {plan.name} needs a person's approval before it runs, so nothing was written yet. "
@@ -604,7 +606,10 @@ def normalize_arguments(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(args) - set(_ARGUMENTS[op])
     if unknown:
         raise ValidationError(f"{op} takes only: {', '.join(_ARGUMENTS[op])}")
-    out: dict[str, Any] = json.loads(_inputs.canonical({k: args.get(k) for k in _ARGUMENTS[op]}))
+    try:
+        out: dict[str, Any] = json.loads(_inputs.canonical({k: args.get(k) for k in _ARGUMENTS[op]}))
+    except (TypeError, ValueError):
+        raise ValidationError(f"The arguments of {op} must be plain JSON values.") from None
     return out
 
 
