@@ -13,8 +13,8 @@ reflects the database with SQLAlchemy's `inspect` and reports:
 - `restrict-grants-nothing`: a restrict row policy (the default mode) that compares a scoping
   column with a principal value. Restrict conditions are ANDed with the scoping, so it can only
   narrow the rows, never add any: usually a policy meant to grant more (`mode: permit`).
-- `create-without-auto-set`: creates are allowed but a scoping column is not auto-set, so the
-  agent must send the tenant itself.
+- `create-without-auto-set`: creates are allowed but a scoping or tenant-like column is not
+  auto-set, so the agent must send the tenant itself.
 - `scope-column-writable`: updates are allowed and a scoping column is neither immutable nor
   auto-set on update.
 - `unmappable-table`: a table without a primary key (reflected mode only).
@@ -287,12 +287,14 @@ def _check_model(view: _View, db_columns: set[str], inspector: Any) -> list[Find
 
     # Writes that leave the tenant to the agent.
     if wp.create is not WriteAction.Deny:
-        for attr in scoped:
+        tenant_like = [a for a, c in view.columns.items() if c.lower() in TENANT_COLUMNS and a not in scoped]
+        for attr in scoped + tenant_like:
             if attr not in wp.auto_set:
+                what = "scoping column" if attr in scoped else "tenant-like column"
                 out.append(
                     Finding("create-without-auto-set", name,
-                            f"creates are allowed but scoping column {attr!r} is not auto-set: the agent must send the tenant itself",
-                            f"add write_policy.auto_set: {{{attr}: {mp.scoping[attr]}}}")  # fmt: skip
+                            f"creates are allowed but {what} {attr!r} is not auto-set: the agent must send the tenant itself",
+                            f"add write_policy.auto_set: {{{attr}: {mp.scoping.get(attr, 'principal.tenant_id')}}}")  # fmt: skip
                 )
     if wp.update is not WriteAction.Deny or wp.bulk_update is not WriteAction.Deny:
         for attr in scoped:

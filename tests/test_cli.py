@@ -160,6 +160,22 @@ def test_lint_reports_what_the_toolset_refuses(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_lint_create_on_an_unscoped_tenant_table(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.Base.metadata.create_all(engine)
+    policy = parse_policy("models: {Document: {fields: {id: allow, title: allow, tenant_id: allow}, "
+                          "write_policy: {create: allow}}}")  # fmt: skip
+    findings = {(f.code, f.model) for f in lint_policy(policy, engine)}
+    assert findings == {("unscoped-tenant-column", "Document"), ("create-without-auto-set", "Document")}
+    fixed = parse_policy("models: {Document: {fields: {id: allow, title: allow, tenant_id: allow}, "
+                         "row_policies: [{name: own, condition: 'tenant_id = principal.tenant_id'}], "
+                         "write_policy: {create: allow, auto_set: {tenant_id: principal.tenant_id}}}}")  # fmt: skip
+    assert lint_policy(fixed, engine) == []
+    engine.dispose()
+
+
 def test_table_names_derived_from_model_names() -> None:
     assert table_candidates("OrderItem") == ["OrderItem", "orderitem", "order_item", "order_items", "order_itemes"]
     assert "categories" in table_candidates("Category")
