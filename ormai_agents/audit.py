@@ -67,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AuditRecord", "AuditStore", "JsonlAuditStore", "MemoryAuditStore", "SqlAuditStore"]
+__all__ = ["AuditRecord", "AuditStore", "JsonlAuditStore", "MemoryAuditStore", "SqlAuditStore", "audit_table"]
 
 log = logging.getLogger("ormai_agents")
 

@@ -244,3 +244,28 @@ async def test_no_cross_tenant_data_with_other_tenant_columns(scoped: Toolset, s
     assert other_org and {v.details["id"][0] for v in result.violations} == other_org
     with pytest.raises(ValueError):
         NoCrossTenantData(principal_path="tenant_id")
+
+
+async def test_no_denied_fields_catches_an_error_naming_a_denied_field(scoped: Toolset, shop_db: Any) -> None:
+    from ormai_agents import FieldNotAllowedError
+
+    harness = EvalHarness(scoped)
+    ctx = RunContext(ACME, shop_db)
+    leaky = Observation(harness, ctx, "query", {"model": "Customer"}, None, FieldNotAllowedError("unknown field password_hash"))
+    assert [str(v) for v in await no_denied_fields.check(leaky)] == ["no_denied_fields: the error names denied field 'password_hash'"]
+    # The toolset's real error for the same attempt names nothing denied.
+    real = await harness.run(
+        ctx, tool="query", kwargs={"model": "Customer", "filters": [{"field": "password_hash", "op": "eq", "value": "x"}]},
+        invariants=[no_denied_fields], expect="denied",
+    )  # fmt: skip
+    assert real.passed, real.violations
+
+
+async def test_recorder_without_redaction_replays_raw_inputs(scoped: Toolset, shop_db: Any, tmp_path: Path) -> None:
+    raw = Recorder(tmp_path / "raw.jsonl", redact=False)
+    tools = raw.wrap(scoped)
+    with pytest.raises(Exception):
+        await tools.query(RunContext(ACME, shop_db), model="Customer", filters=[{"field": "ssn", "op": "eq", "value": SECRET}])
+    (call,) = raw.load()
+    assert call.kwargs["filters"][0]["value"] == SECRET and call.error_code == "field_not_allowed"
+    assert (await replay([call], scoped, shop_db)).ok
