@@ -321,9 +321,17 @@ async def test_include_never_crosses_tenants(toolset: Toolset, shop_db: Any, ten
         assert all(o["tenant_id"] == tenant and "internal_note" not in o for o in c["orders"])
     assert foreign_orders_of_own_customers, "the seed must hold other tenants' orders of these customers"
     # get with include: same rules.
-    own = [r for r in orders if r["customer"] is None and r["customer_id"] is not None]
-    got = await toolset.get(ctx, model="Order", id=own[0]["id"], include=["customer"])
+    crossing_rows = [r for r in orders if r["customer"] is None and r["customer_id"] is not None]
+    got = await toolset.get(ctx, model="Order", id=crossing_rows[0]["id"], include=["customer"])
     assert got.data["customer"] is None
+    orphans = [r for r in orders if r["customer_id"] is None]
+    assert orphans, "the seed must hold orders without a customer"
+    got = await toolset.get(ctx, model="Order", id=orphans[0]["id"], include=["customer"])
+    assert got.data["customer"] is None and got.data["customer_id"] is None
+    lonely = [c for c in customers if not c["orders"]]
+    if lonely:
+        got = await toolset.get(ctx, model="Customer", id=lonely[0]["id"], include=["orders"])
+        assert got.data["orders"] == []
 
 
 async def test_relationships_to_denied_models_do_not_exist(shop_db: Any) -> None:

@@ -218,6 +218,8 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         "filters": draw(st.lists(filters(), min_size=1, max_size=2)),
         "order": [(f, draw(st.booleans())) for f in order_fields],
         "limit": draw(st.sampled_from([1, 3, 7, 25, MAX_ROWS, 1000])),
+        # id plus any other fields: sort keys may or may not be among the selected columns.
+        "select": None if draw(st.booleans()) else ["id", *draw(st.lists(st.sampled_from(list(FIELDS)), max_size=3))],
         "use_async": draw(st.booleans()),
     }
 
@@ -244,6 +246,7 @@ def test_toolset_matches_row_by_row_oracle(shop_backend: Any) -> None:
             "filters": [{k: f[k] for k in ("field", "op", "value")} for f in specs],
             "order_by": [f"-{f}" if desc else f for f, desc in case["order"]],
             "limit": case["limit"],
+            "select": case["select"],
         }
         if case["use_async"]:
             async with shop_backend.async_session() as db:
@@ -254,6 +257,10 @@ def test_toolset_matches_row_by_row_oracle(shop_backend: Any) -> None:
                 got = await walk(toolset, RunContext(principal, db), "Order", **kwargs)
                 count = (await toolset.aggregate(RunContext(principal, db), model="Order", filters=kwargs["filters"])).value
         assert [r["id"] for r in got] == [r["id"] for r in expected]
+        if case["select"] is not None:
+            assert all(set(r) == set(case["select"]) for r in got)
+            by_id = {r["id"]: r for r in expected}
+            assert all(r[f] == by_id[r["id"]][f] for r in got for f in r)
         assert count == len(expected)
         assert len(visible) < len(truth) or "auditor" in principal.roles
         stats["examples"] += 1
