@@ -77,6 +77,9 @@ class Where:
     scopes: list[str]
     policies: list[str]
     bypass: bool
+    # For writes: the scope and restrict policies without permit policies. A permit policy
+    # widens what the principal may read, never what it may change.
+    write_clauses: list[ColumnElement[bool]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -141,6 +144,7 @@ class ModelPlan:
             except MissingPrincipalValue:
                 continue  # a bypass whose inputs are missing does not hold
         clauses: list[ColumnElement[bool]] = []
+        write_clauses: list[ColumnElement[bool]] = []
         scopes: list[str] = []
         if self.scoping and not bypass:
             scope_parts: list[ColumnElement[bool]] = []
@@ -158,13 +162,16 @@ class ModelPlan:
                 except MissingPrincipalValue:
                     continue  # a permit policy whose inputs are missing grants nothing
             clauses.append(or_(scope, *permits) if permits else scope)
+            write_clauses.append(scope)
         for rp in self.restricts:
             try:
-                clauses.append(rp.condition.compile(resolve))
+                restrict = rp.condition.compile(resolve)
             except MissingPrincipalValue:
                 raise AccessDeniedError(_DENIED_MESSAGE) from None
+            clauses.append(restrict)
+            write_clauses.append(restrict)
             applied.append(rp.policy.name)
-        return Where(clauses, scopes, applied, bypass)
+        return Where(clauses, scopes, applied, bypass, write_clauses)
 
 
 def _scope_clause(column: Any, value: Any, coerce: Callable[[Any], Any]) -> tuple[ColumnElement[bool], str]:

@@ -364,9 +364,10 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     # clauses on the written row. Elsewhere the row is re-selected by key in the same transaction
     # (SQLite 3.40 evaluates `col IS NULL` wrongly inside RETURNING).
     returning = (await _dialect(db)).name == "postgresql"
-    check = and_(*where.clauses).label("_check") if where.clauses else true().label("_check")
+    check = and_(*where.write_clauses).label("_check") if where.write_clauses else true().label("_check")
     not_found = RecordNotFoundError(
-        f"No {plan.name} with that id is visible to you. Use query to find the records you can see."
+        f"No {plan.name} with that id is visible to you, or you may only read it. Use query to find "
+        "the records you can see."
     )
     check_failed = WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
 
@@ -374,7 +375,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         return [c == v for c, v in zip(plan.pk_columns, key)]
 
     def snapshot(*conditions: Any, lock: bool = False) -> Any:
-        stmt = sql_select(*columns, check).select_from(table).where(*conditions, *where.clauses)
+        stmt = sql_select(*columns, check).select_from(table).where(*conditions, *where.write_clauses)
         return stmt.with_for_update() if lock else stmt
 
     def values_of(auto: Mapping[str, _AutoSet]) -> dict[Any, Any]:
@@ -397,7 +398,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
 
     if change.op == "delete":
         match = by_key(change.key)
-        stmt = delete(table).where(*match, *where.clauses)
+        stmt = delete(table).where(*match, *where.write_clauses)
         if returning:
             rows = (await _run(db, stmt.returning(*columns))).all()
         else:
@@ -418,7 +419,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
             raise not_found
         call.before = shape(before[0])
         await _check_references(toolset, wplan, change.values, principal, db)
-        stmt = update(table).where(*match, *where.clauses).values(values_of(wplan.auto_update))
+        stmt = update(table).where(*match, *where.write_clauses).values(values_of(wplan.auto_update))
         if returning:
             after = (await _run(db, stmt.returning(*columns, check))).all()
         else:
@@ -440,7 +441,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     stmt = (
         sql_select(*columns, check, *pk_labels)
         .select_from(table)
-        .where(*where.clauses, *change.filters)
+        .where(*where.write_clauses, *change.filters)
         .order_by(*plan.pk_columns)
         .limit(limit + 1)
         .with_for_update()
@@ -463,7 +464,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         else tuple_(*plan.pk_columns).in_(keys)
     )
     await _check_references(toolset, wplan, change.values, principal, db)
-    stmt = update(table).where(in_keys, *where.clauses, *change.filters).values(values_of(wplan.auto_update))
+    stmt = update(table).where(in_keys, *where.write_clauses, *change.filters).values(values_of(wplan.auto_update))
     if returning:
         after = (await _run(db, stmt.returning(*columns, check))).all()
         count = len(after)
@@ -500,7 +501,7 @@ async def _check_references(
         stmt = (
             sql_select(ref[1])
             .select_from(target.selectable)
-            .where(ref[1] == value, *twhere.clauses)
+            .where(ref[1] == value, *twhere.write_clauses)
             .limit(1)
             .with_for_update(read=True)
         )
