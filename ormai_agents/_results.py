@@ -29,14 +29,19 @@ class GetResult:
 
 @dataclass(frozen=True, slots=True)
 class AggregateResult:
-    """`value` for a plain aggregate; `groups` (one dict per group, with `value`) with group_by."""
+    """`value` for a plain aggregate; `groups` (one dict per group, with `value`) with group_by.
+
+    `truncated` is True when there were more groups than the model's `max_rows`: the first
+    `max_rows` groups, in group-key order, are returned.
+    """
 
     value: Any = None
     groups: list[dict[str, Any]] | None = None
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         if self.groups is not None:
-            return {"groups": self.groups}
+            return {"groups": self.groups, "truncated": True} if self.truncated else {"groups": self.groups}
         return {"value": self.value}
 
 

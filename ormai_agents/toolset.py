@@ -274,13 +274,13 @@ class Toolset:
                 .where(*where.clauses, *conditions)
                 .group_by(*group_cols)
                 .order_by(*group_cols)
-                .limit(plan.max_rows)
+                .limit(plan.max_rows + 1)
             )
             rows = await self._fetch(ctx, stmt)
             names = [g.name for g in groups] + ["value"]
-            out = [dict(zip(names, row)) for row in rows]
+            out = [dict(zip(names, row)) for row in rows[: plan.max_rows]]
             call.row_count = len(out)
-            return AggregateResult(groups=out)
+            return AggregateResult(groups=out, truncated=len(rows) > plan.max_rows)
 
     # --- writes (ormai_agents._writes; "Transactions and writes" in the README) -------------
 

@@ -231,3 +231,18 @@ async def test_audit_record_per_call(shop_db: Any) -> None:
     assert records[0].scopes_injected == ["tenant_id = 'acme'"]
     assert records[0].tenant_id == "acme" and records[0].row_count is not None
     assert "123-45-6789" not in repr([r.to_dict() for r in records])
+
+
+async def test_grouped_aggregate_says_when_groups_were_cut(shop_db: Any) -> None:
+    base = shop.shop_policy()
+    models = dict(base.models)
+    models["Order"] = models["Order"].model_copy(update={"max_rows": 3})
+    toolset = Toolset(shop.Base, base.model_copy(update={"models": models}))
+    ctx = RunContext(ACME, shop_db)
+    cut = await toolset.aggregate(ctx, model="Order", group_by=["status"])
+    assert cut.groups is not None and len(cut.groups) == 3 and cut.truncated
+    assert cut.to_dict()["truncated"] is True
+    whole = await toolset.aggregate(ctx, model="Order", group_by=["customer_id"],
+                                    filters=[{"field": "customer_id", "op": "in", "value": [1, 2]}])  # fmt: skip
+    assert whole.groups is not None and len(whole.groups) <= 2 and not whole.truncated
+    assert "truncated" not in whole.to_dict()
