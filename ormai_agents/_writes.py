@@ -332,7 +332,7 @@ async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval:
         args = normalize_arguments(op, args)  # the JSON form is what is stored, approved and run
     change = parse_change(wplan, op, args)
     if needs_approval:
-        approval_id = await toolset._approvals.submit(toolset, principal, op, plan.name, args)
+        approval_id = await toolset._approvals.submit(principal, op, plan.name, args)
         raise ApprovalRequiredError(
             f"This {op} on {plan.name} needs a person's approval before it runs, so nothing was written yet. "
             f"It was submitted for approval with id {approval_id}.",

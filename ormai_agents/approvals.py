@@ -222,6 +222,7 @@ class SqlApprovalStore(_Decisions):
         self.engine = engine
         self._create = create_table
         self._ready = False
+        self._setup = asyncio.Lock()
         self.table = Table(
             table_name,
             MetaData(),
@@ -243,7 +244,9 @@ class SqlApprovalStore(_Decisions):
 
     async def _execute(self, stmt: Any) -> tuple[int, list[Any]]:
         if not self._ready and self._create:
-            await self.create_table()
+            async with self._setup:
+                if not self._ready:
+                    await self.create_table()
         if isinstance(self.engine, AsyncEngine):
             async with self.engine.begin() as conn:
                 result = await conn.execute(stmt)
@@ -371,7 +374,7 @@ class ApprovalGate:
             raise ApprovalError("Approvals are not configured for this toolset.")
         return self.store
 
-    async def submit(self, toolset: Any, principal: Principal, tool: str, model: str, arguments: dict[str, Any]) -> str:
+    async def submit(self, principal: Principal, tool: str, model: str, arguments: dict[str, Any]) -> str:
         store = self._require_store()
         approval = Approval(
             id=f"apr-{uuid.uuid4().hex}",
