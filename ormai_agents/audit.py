@@ -455,7 +455,8 @@ class JsonlAuditStore:
         # and a busy file go to a worker thread, off the event loop.
         if not self.fsync and self._lock.acquire(blocking=False):
             try:
-                if self._size() > 0 and not self._must_rotate(len(data)):
+                size = self._size()
+                if size > 0 and (self.max_bytes is None or size + len(data) <= self.max_bytes):
                     self._write(data)
                     return
             finally:
