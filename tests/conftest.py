@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -43,6 +44,12 @@ def _pg_reason() -> str | None:
 
 
 _PG_REASON = _pg_reason()
+
+# Under CI the property tests draw the same examples every run: a red build is reproducible, never
+# a coin toss. Locally they explore new examples each run.
+settings.register_profile("ci", derandomize=True, database=None)
+if IN_CI:
+    settings.load_profile("ci")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -268,7 +268,7 @@ def test_toolset_matches_row_by_row_oracle(shop_backend: Any) -> None:
         stats["empty" if not expected else ("everything" if len(expected) == len(visible) else "some")] += 1
         stats["multi-page"] += len(expected) > min(case["limit"], MAX_ROWS)
 
-    @settings(max_examples=60, deadline=None, database=None, derandomize=False,
+    @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
     @given(cases())
     def check(case: dict[str, Any]) -> None:
