@@ -33,3 +33,10 @@ def test_policy_file_example_is_a_valid_policy() -> None:
     assert order.row_policies[0].mode == "permit"
     assert order.write_policy.auto_set == {"tenant_id": "principal.tenant_id"}
     assert order.fields["card_number"].mask_show_last == 4
+
+
+def test_files_the_readme_names_exist() -> None:
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"`((?:examples|notebooks|benchmarks|tests)/[\w./-]+\.(?:py|ipynb|yaml))`", README))
+    assert {"examples/fastapi_service.py", "notebooks/02_multi_tenant_guide.ipynb"} <= named
+    assert sorted(p for p in named if not (root / p).exists()) == []
