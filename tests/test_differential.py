@@ -215,7 +215,8 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "variant": variant,
         "principal": draw(variant.principals),
-        "filters": draw(st.lists(filters(), min_size=1, max_size=2)),
+        # Two ANDed filters a quarter of the time: more often than that they leave nothing to compare.
+        "filters": [draw(filters()) for _ in range(2 if draw(st.integers(0, 3)) == 0 else 1)],
         "order": [(f, draw(st.booleans())) for f in order_fields],
         "limit": draw(st.sampled_from([1, 3, 7, 25, MAX_ROWS, 1000])),
         # id plus any other fields: sort keys may or may not be among the selected columns.
