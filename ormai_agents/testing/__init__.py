@@ -3,7 +3,8 @@ tenant-isolation checks (`assert_tenant_isolation`; pytest fixtures in
 `ormai_agents.testing.pytest_plugin`).
 
 Names are loaded on first use, so importing `ormai_agents.testing` imports no framework:
-`from ormai_agents.testing import ScriptedChatModel` imports langchain-core then.
+`from ormai_agents.testing import ScriptedChatModel` imports langchain-core then, and
+`ScriptedFunctionCallingLLM` (for LlamaIndex agents) imports llama-index-core.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _LAZY = {
     "assert_tenant_isolation": "ormai_agents.testing.isolation",
     "ScriptedChatModel": "ormai_agents.testing.langchain",
     "tool_call": "ormai_agents.testing.langchain",
+    "ScriptedFunctionCallingLLM": "ormai_agents.testing.llamaindex",
 }
 
 __all__ = sorted(_LAZY)
