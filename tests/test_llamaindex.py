@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.workflow import Context
 from pydantic import Field
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ormai_agents import Principal, Toolset
@@ -33,7 +33,7 @@ from ormai_agents.audit import MemoryAuditStore
 from ormai_agents.llamaindex import OrmAIAuditEvent, OrmAIToolSpec, get_principal, set_principal
 from ormai_agents.testing import ScriptedFunctionCallingLLM
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import Backend, pg_url
 
 # Building a FunctionAgent makes llama-index-workflows run inspect.getmembers over a pydantic
 # model, which trips pydantic's deprecation warnings inside inspect: not ours to fix.
@@ -250,7 +250,33 @@ async def test_principal_never_leaves_the_host(shop_backend: Backend, traced: tu
     assert not [s for s in others if "user-7731" in s]
 
 
-async def test_concurrent_runs_keep_principals_apart(shop_backend: Backend, factory: _Factory) -> None:
+def _pooled_async_engine(backend: Backend) -> AsyncEngine:
+    """A small pooled engine on the backend's data: runs share (and reuse) four connections, as
+    in a deployment, and the shared PostgreSQL server is not flooded with connections."""
+    if not backend.is_postgres:
+        return create_async_engine(backend.async_engine.url, pool_size=4, max_overflow=0)
+    with backend.sync_engine.connect() as conn:
+        search_path = conn.exec_driver_sql("show search_path").scalar_one()
+    return create_async_engine(
+        pg_url("asyncpg"), pool_size=4, max_overflow=0, connect_args={"server_settings": {"search_path": search_path}}
+    )
+
+
+@pytest.fixture(params=["sync", "async"])
+async def pooled_factory(request: pytest.FixtureRequest, shop_backend: Backend) -> AsyncIterator[_Factory]:
+    factory = _Factory(shop_backend, request.param)
+    if request.param == "sync":
+        yield factory
+        return
+    engine = _pooled_async_engine(shop_backend)
+    factory.inner = async_sessionmaker(engine)
+    yield factory
+    assert engine.sync_engine.pool.checkedout() == 0  # every session gave its connection back
+    await engine.dispose()
+
+
+async def test_concurrent_runs_keep_principals_apart(shop_backend: Backend, pooled_factory: _Factory) -> None:
+    factory = pooled_factory
     store = MemoryAuditStore()
     spec = _spec(factory, store)
     llm = ScriptedFunctionCallingLLM([[ORDERS, ("aggregate", {"model": "Order"})], "done"])
