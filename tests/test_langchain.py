@@ -312,8 +312,14 @@ def test_schemas_the_model_sees(layout: str) -> None:
 
 
 def test_prefix_and_unknown_options(toolset: Toolset) -> None:
-    tools = OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(), prefix="shop.").get_tools()
+    toolkit = OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(), prefix="shop.")
+    bound = toolkit.get_tools(ACME)
+    assert all(t.principal == ACME and t.metadata == {"ormai_tenant_id": "acme", "ormai_user_id": "u1"} for t in bound)
+    bound[0].metadata["ormai_tenant_id"] = "globex"  # a host mutating one tool changes no other
+    tools = toolkit.get_tools()
     assert [t.name for t in tools] == ["shop_describe_schema", "shop_query", "shop_get", "shop_aggregate"]
+    assert all(t.principal is None and not t.metadata for t in tools)
+    assert [t.metadata["ormai_tenant_id"] for t in toolkit.get_tools(ACME)] == ["acme"] * 4
     with pytest.raises(ValueError):
         OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(), layuot="per_model")
     with pytest.raises(TypeError):
