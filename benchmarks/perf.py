@@ -216,14 +216,16 @@ async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops:
             # Writes: each side runs in its own transaction and commits it, as the toolset does
             # when the host has none open.
             new = {"customer_id": 1, "status": "pending", "total": Decimal("9.99")}
+            # Every update changes the row (statuses alternate), so both sides really write.
+            flip = iter(STATUSES * 10**6)
             cases["update"] = (
                 lambda: (
                     session.connection().execute(
-                        update(t).where(t.c.id == some_id, t.c.tenant_id == "t1").values(status="shipped")
+                        update(t).where(t.c.id == some_id, t.c.tenant_id == "t1").values(status=next(flip))
                     ),
                     session.commit(),
                 ),
-                lambda: toolset.update(ctx, model="Order", id=some_id, data={"status": "shipped"}),
+                lambda: toolset.update(ctx, model="Order", id=some_id, data={"status": next(flip)}),
             )
             cases["create"] = (
                 lambda: (session.connection().execute(insert(t).values(tenant_id="t1", **new)), session.commit()),
