@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic models in the example resolve their annotations here
     spec.loader.exec_module(module)
     return module
 
@@ -62,14 +64,18 @@ def test_langchain_agent(tmp_path: Path, tenant: str, pending: list[int], other_
     assert {r.tenant_id for r in report["audit"]} == {tenant}
 
 
-def test_langchain_agent_runs_as_a_script() -> None:
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "langchain_agent.py"), "--tenant", "globex"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+def _script(name: str, *args: str) -> str:
+    """Run an example as `python examples/<name>`, importing this checkout's ormai_agents."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "Agent: You have 2 pending order(s)" in out.stdout and "tenant_id = 'globex'" in out.stdout
-    assert "tenant_id = 'acme'" not in out.stdout
+    return out.stdout
+
+
+def test_langchain_agent_runs_as_a_script() -> None:
+    out = _script("langchain_agent.py", "--tenant", "globex")
+    assert "Agent: You have 2 pending order(s)" in out and "tenant_id = 'globex'" in out
+    assert "tenant_id = 'acme'" not in out
 
 
 # --- FastAPI -------------------------------------------------------------------------------------
@@ -128,3 +134,31 @@ def test_fastapi_service_main_runs(capsys: pytest.CaptureFixture[str]) -> None:
     _load("fastapi_service").main()
     out = capsys.readouterr().out
     assert "-> HTTP 403" in out and "-> HTTP 401" in out and "tenants: ['acme']" in out
+
+
+# --- LlamaIndex ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tenant", ["acme", "globex"])
+async def test_llamaindex_agent(tmp_path: Path, tenant: str) -> None:
+    example = _load("llamaindex_agent")
+    report = await example.run_agent(tenant, tmp_path / "shop.db")
+    calls = report["calls"]
+    assert sorted(c["tool"] for c in calls) == ["aggregate", "get", "query", "query"]
+    pending = next(c for c in calls if c["tool"] == "query" and c["args"]["model"] == "Order")
+    rows = json.loads(pending["result"])["rows"]
+    assert len(rows) == 2 and {r["tenant_id"] for r in rows} == {tenant}
+    get = next(c for c in calls if c["tool"] == "get")
+    assert get["error"] is (tenant == "acme")  # order 6 is globex's
+    denied = next(c for c in calls if c["args"].get("model") == "User")
+    assert denied["error"] and "password_hash" not in denied["result"]
+    # Every call's audit record arrived as an instrumentation event, with this tenant's scope.
+    assert len(report["audit"]) == 4
+    assert all(r["tenant_id"] == tenant and r["scopes_injected"] == [f"tenant_id = '{tenant}'"] for r in report["audit"])
+    assert report["answer"] == "Those are your pending orders and counts by status."
+
+
+def test_llamaindex_agent_runs_as_a_script() -> None:
+    out = _script("llamaindex_agent.py", "--tenant", "globex")
+    assert "Agent: Those are your pending orders" in out and "tenant_id = 'globex'" in out
+    assert "tenant_id = 'acme'" not in out
