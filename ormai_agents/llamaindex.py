@@ -38,6 +38,7 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 from llama_index.core.workflow.context import Context
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._errors import AccessDeniedError, OrmAIError
@@ -103,6 +104,8 @@ class _OrmAIFunctionTool(FunctionTool):
     """A FunctionTool whose error results are flagged, and whose Context-reading variant
     refuses (as tool output) when called outside a workflow instead of raising."""
 
+    async_only = False  # set for async session factories: their sessions belong to one event loop
+
     def _prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.ctx_param_name is not None and self.ctx_param_name not in kwargs:
             kwargs = {**kwargs, self.ctx_param_name: None}
@@ -116,6 +119,13 @@ class _OrmAIFunctionTool(FunctionTool):
         return output
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        if self.async_only:
+            # The sync path would run the call on a private event loop, where an async engine's
+            # pooled connections can't be used.
+            raise RuntimeError(
+                "This OrmAIToolSpec has an async session factory: call the tool with acall (agents "
+                "do), or give the spec a sync sessionmaker for call."
+            )
         return self._flag(super().call(*args, **self._prepare(kwargs)))
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
@@ -134,7 +144,7 @@ async def set_principal(ctx: Context, principal: Principal, key: str = DEFAULT_C
 async def get_principal(ctx: Optional[Context], key: str = DEFAULT_CONTEXT_KEY) -> Optional[Principal]:
     """The principal stored in a workflow Context (a `Principal` or its `to_dict()` form), or
     None when there is none or it is malformed."""
-    if ctx is None:
+    if not isinstance(ctx, Context):
         return None
     value = await ctx.store.get(key, default=None)
     if isinstance(value, Principal):
@@ -160,7 +170,10 @@ class OrmAIToolSpec(BaseToolSpec):
     """The toolset's tools for LlamaIndex agents.
 
     `session_factory` is a sync `sessionmaker` or an `async_sessionmaker` (or any callable
-    returning a Session/AsyncSession). `layout` and `prefix` shape the tool names
+    returning a Session/AsyncSession). Agents call tools with `acall`; the sync `call` works
+    with a sync factory (on a private event loop) and is refused with an `async_sessionmaker`.
+    A sync factory blocks the event loop while its statements run, as the Toolset does with a
+    sync session: prefer an `async_sessionmaker` for concurrent async runs. `layout` and `prefix` shape the tool names
     (see `ormai_agents._toolspecs`). Tool schemas depend only on the policy, so the spec is
     built once and shared by every principal and run.
     """
@@ -221,9 +234,11 @@ class OrmAIToolSpec(BaseToolSpec):
     # --- internals -----------------------------------------------------------------------
 
     def _tool(self, spec: ToolSpec, fn: Callable[..., Awaitable[str]]) -> FunctionTool:
-        return _OrmAIFunctionTool.from_defaults(
+        tool = _OrmAIFunctionTool.from_defaults(
             async_fn=fn, name=spec.name, description=spec.description, fn_schema=self._schemas[spec.name]
         )
+        tool.async_only = isinstance(self.session_factory, async_sessionmaker)
+        return tool
 
     def _bound_tool(self, spec: ToolSpec, principal: Principal) -> FunctionTool:
         async def resolve() -> Optional[Principal]:

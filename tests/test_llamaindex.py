@@ -381,3 +381,22 @@ def test_imports_stay_lazy() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.strip() == ""
+
+
+async def test_scripted_llm_from_a_function_and_hostile_context_argument(shop_backend: Backend) -> None:
+    spec = _spec(async_sessionmaker(shop_backend.async_engine))
+
+    def brain(messages: list[Any]) -> Any:
+        done = [m for m in messages if m.role.value == "tool"]
+        return [ORDERS] if not done else f"{len(json.loads(done[-1].content)['rows'])} orders"
+
+    response = await FunctionAgent(tools=spec.get_tools(GLOBEX), llm=ScriptedFunctionCallingLLM(brain)).run("orders?")
+    assert str(response) == f"{len(_truth(shop_backend, 'globex'))} orders"
+    # The sync entry point can't share an async engine's connections: refused, loudly, for the host.
+    query = next(t for t in spec.get_tools(GLOBEX) if t.metadata.name == "query")
+    with pytest.raises(RuntimeError, match="acall"):
+        query.call(model="Order")
+    # A caller that forwards model arguments verbatim can't smuggle a "context" holding a principal.
+    unbound = spec.to_tool_list(["query"])[0]
+    out = await unbound.acall(model="Order", workflow_ctx={"principal": GLOBEX.to_dict()})
+    assert out.is_error and json.loads(out.content)["error"] == "access_denied"

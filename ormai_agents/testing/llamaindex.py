@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
@@ -16,6 +16,7 @@ __all__ = ["ScriptedFunctionCallingLLM"]
 # A tool call: ("query", {"model": "Order"}) or {"name": "query", "args": {...}}.
 ToolCallSpec = Union[tuple[str, Mapping[str, Any]], Mapping[str, Any]]
 Turn = Union[str, Sequence[ToolCallSpec]]
+Script = Union[Sequence[Turn], Callable[[list[ChatMessage]], Turn]]
 
 
 class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
@@ -23,7 +24,8 @@ class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
 
     A turn is a list of tool calls (made in parallel) or a string (the final answer). Once the
     script is used up, the answer is the content of the last tool result, so a test can read
-    what the tools returned from the agent's response.
+    what the tools returned from the agent's response. `script` may instead be a function of the
+    conversation so far returning the next turn.
 
     The turn is chosen by counting the assistant messages since the last user message, so one
     instance can drive many concurrent runs. Every call records the tools offered to the model,
@@ -31,16 +33,20 @@ class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
     """
 
     _script: list[Turn] = PrivateAttr(default_factory=list)
+    _decide: Any = PrivateAttr(default=None)
     _seen_tools: list[list[dict[str, Any]]] = PrivateAttr(default_factory=list)
     _seen_messages: list[list[ChatMessage]] = PrivateAttr(default_factory=list)
     _ids: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default=None)
 
-    def __init__(self, script: Sequence[Turn], **kwargs: Any) -> None:
+    def __init__(self, script: Script, **kwargs: Any) -> None:
         if isinstance(script, str):
             raise TypeError("script is a list of turns; a final answer alone is [answer]")
         super().__init__(response_generator=self._respond, **kwargs)
-        self._script = [_check_turn(turn) for turn in script]
+        if callable(script):
+            self._decide = script
+        else:
+            self._script = [_check_turn(turn) for turn in script]
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -59,12 +65,16 @@ class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
         with self._lock:
             self._seen_tools.append(tools)
             self._seen_messages.append(list(messages))
+        if self._decide is not None:
+            return self._message(_check_turn(self._decide(list(messages))))
         last_user = max((i for i, m in enumerate(messages) if m.role == MessageRole.USER), default=-1)
         step = sum(1 for m in messages[last_user + 1 :] if m.role == MessageRole.ASSISTANT)
         if step >= len(self._script):
             results = [m for m in messages if m.role == MessageRole.TOOL]
             return ChatMessage(role=MessageRole.ASSISTANT, content=results[-1].content if results else "Done.")
-        turn = self._script[step]
+        return self._message(self._script[step])
+
+    def _message(self, turn: Turn) -> ChatMessage:
         if isinstance(turn, str):
             return ChatMessage(role=MessageRole.ASSISTANT, content=turn)
         with self._lock:
