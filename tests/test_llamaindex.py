@@ -35,10 +35,6 @@ from ormai_agents.testing import ScriptedFunctionCallingLLM
 from tests import shop
 from tests.conftest import Backend, pg_url
 
-# Building a FunctionAgent makes llama-index-workflows run inspect.getmembers over a pydantic
-# model, which trips pydantic's deprecation warnings inside inspect: not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
-
 ROOT = Path(__file__).resolve().parents[1]
 DENIED = ("password_hash", "internal_note", "secret_plan", "org_id", "Document", "is_public")
 # A principal whose metadata and ids must never reach the model, a tool output or a trace.
