@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Optional
 
 from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import NullEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
@@ -157,6 +158,17 @@ async def get_principal(ctx: Optional[Context], key: str = DEFAULT_CONTEXT_KEY) 
     return None
 
 
+def _listened() -> bool:
+    """Whether any event handler would receive an event of our dispatcher (so the audit event
+    is built only when someone listens)."""
+    current: Optional[Any] = dispatcher
+    while current is not None:
+        if any(not isinstance(h, NullEventHandler) for h in current.event_handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
 @dispatcher.span
 async def _tool_call(tool_name: str, arguments: dict[str, Any], invoke: Callable[[], Awaitable[str]]) -> str:
     """One tool call: the span every audit event of the call belongs to.
@@ -276,8 +288,9 @@ class OrmAIToolSpec(BaseToolSpec):
                 def emit(record: AuditRecord) -> None:
                     dispatcher.event(OrmAIAuditEvent(tool_name=spec.name, record=jsonable(record.to_dict())))
 
+                sink = emit if _listened() else None
                 async with open_session(self.session_factory) as db:
-                    result = await spec.run(self.toolset, RunContext(principal, db, on_audit=emit), arguments)
+                    result = await spec.run(self.toolset, RunContext(principal, db, on_audit=sink), arguments)
                 return render(result)
             except OrmAIError as error:
                 return _ErrorText(render(error.to_dict()))

@@ -396,3 +396,18 @@ async def test_scripted_llm_from_a_function_and_hostile_context_argument(shop_ba
     unbound = spec.to_tool_list(["query"])[0]
     out = await unbound.acall(model="Order", workflow_ctx={"principal": GLOBEX.to_dict()})
     assert out.is_error and json.loads(out.content)["error"] == "access_denied"
+
+
+async def test_events_follow_handlers_added_after_the_tools(shop_backend: Backend) -> None:
+    spec = _spec(async_sessionmaker(shop_backend.async_engine))
+    query = next(t for t in spec.get_tools(ACME) if t.metadata.name == "query")
+    assert not (await query.acall(**ORDERS[1])).is_error  # nobody listens: no event is built
+    ours = get_dispatcher("ormai_agents")
+    handler = _Events()
+    ours.add_event_handler(handler)
+    try:
+        await query.acall(**ORDERS[1])
+    finally:
+        ours.event_handlers.remove(handler)
+    await query.acall(**ORDERS[1])
+    assert [(type(e).__name__, e.record["tenant_id"]) for e in handler.events] == [("OrmAIAuditEvent", "acme")]
