@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ormai_agents._errors import (
     DatabaseError,
@@ -110,3 +111,14 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
     except sa_exc.SQLAlchemyError as error:
         log.error("ormai_agents: SQLAlchemy error while trying to %s", action, exc_info=error)
         raise DatabaseError("The database could not complete this request.") from None
+
+
+def retrying(attempts: int) -> AsyncRetrying:
+    """Tenacity's loop for retrying transient database errors: `attempts` tries, short
+    exponential waits, the last error re-raised. Callers decide where a retry is safe."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type(TransientDatabaseError),
+        reraise=True,
+    )

@@ -193,17 +193,39 @@ def parse_order(plan: ModelPlan, order_by: Any) -> list[tuple[FieldInfo, bool]]:
         for item in _str_list(order_by, "order_by"):
             desc = item.startswith("-")
             name = item[1:] if desc else item.lstrip("+")
-            info = plan.fields.get(name)
-            if info is None or not info.comparable:
-                sortable = plan.comparable_fields
-                raise FieldNotAllowedError(
-                    f"order_by names a field that can't be sorted on {plan.name}. Sortable fields: "
-                    f"{_names(sortable)} (prefix with '-' for descending)",
-                    details={"allowed_fields": sortable},
-                )
+            info = comparable_field(
+                plan, name, f"order_by names a field that can't be sorted on {plan.name}. Sortable fields: "
+                "{fields} (prefix with '-' for descending)",
+            )  # fmt: skip
             if name not in seen:
                 seen.add(name)
                 out.append((info, desc))
+    return out
+
+
+def comparable_field(plan: ModelPlan, name: Any, message: str) -> FieldInfo:
+    """A plainly allowed field with comparable values (to sort, group or aggregate by).
+
+    Otherwise FieldNotAllowedError with `message`, whose `{fields}` lists the usable fields: the
+    rejected name itself is never echoed (it may be a denied field)."""
+    info = plan.fields.get(name) if isinstance(name, str) else None
+    if info is None or not info.comparable:
+        usable = plan.comparable_fields
+        raise FieldNotAllowedError(message.format(fields=_names(usable)), details={"allowed_fields": usable})
+    return info
+
+
+def parse_group_by(plan: ModelPlan, group_by: Any) -> list[FieldInfo]:
+    """The fields to group an aggregate by, in order, without repeats."""
+    if group_by is None:
+        return []
+    out: list[FieldInfo] = []
+    for name in _str_list(group_by, "group_by"):
+        info = comparable_field(
+            plan, name, f"group_by names a field that can't be grouped on {plan.name}. Fields you can group by: {{fields}}"
+        )
+        if info not in out:
+            out.append(info)
     return out
 
 

@@ -33,11 +33,10 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ormai_agents import _inputs, _types
 from ormai_agents._context import Principal
-from ormai_agents._dberrors import map_db_errors
+from ormai_agents._dberrors import map_db_errors, retrying
 from ormai_agents._errors import (
     AccessDeniedError,
     ApprovalError,
@@ -569,12 +568,7 @@ async def _in_transaction(call: _Call, body: Callable[[Any], Awaitable[WriteResu
     toolset = call.toolset
     result = None
     first = True
-    async for attempt in AsyncRetrying(
-        stop=stop_after_attempt(_WRITE_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.05, max=1.0),
-        retry=retry_if_exception_type(TransientDatabaseError),
-        reraise=True,
-    ):
+    async for attempt in retrying(_WRITE_ATTEMPTS):
         with attempt:
             call.before = call.after = None
             try:

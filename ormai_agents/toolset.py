@@ -16,13 +16,12 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, tuple_
 from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ormai_agents import _inputs, _writes
 from ormai_agents import rls as _rls
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._cursor import CursorCodec, derive_key
-from ormai_agents._dberrors import map_db_errors
+from ormai_agents._dberrors import map_db_errors, retrying
 from ormai_agents._errors import (
     AuditUnavailableError,
     DatabaseError,
@@ -249,19 +248,7 @@ class Toolset:
             where = call.where = plan.where(ctx.principal)
             conditions, _ = _inputs.parse_filters(plan, filters)
             expr = _aggregate_expr(plan, function, field)
-            groups: list[FieldInfo] = []
-            if group_by is not None:
-                for name in _inputs._str_list(group_by, "group_by"):
-                    info = plan.fields.get(name)
-                    if info is None or not info.comparable:
-                        usable = plan.comparable_fields
-                        raise FieldNotAllowedError(
-                            f"group_by names a field that can't be grouped on {plan.name}. "
-                            f"Fields you can group by: {', '.join(usable) or '(none)'}",
-                            details={"allowed_fields": usable},
-                        )
-                    if info not in groups:
-                        groups.append(info)
+            groups = _inputs.parse_group_by(plan, group_by)
             if not groups:
                 stmt = sql_select(expr).select_from(plan.selectable).where(*where.clauses, *conditions)
                 rows = await self._fetch(ctx, stmt)
@@ -345,12 +332,7 @@ class Toolset:
             if fresh:
                 await _rollback(db)
             raise
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(_READ_RETRIES),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception_type(TransientDatabaseError),
-            reraise=True,
-        ):
+        async for attempt in retrying(_READ_RETRIES):
             with attempt:
                 await _rollback(db)
                 if self._rls_paths is not None:
@@ -615,13 +597,9 @@ def _aggregate_expr(plan: ModelPlan, function: Any, field: Any) -> Any:
         if function != "count":
             raise ValidationError(f"{function} needs a field")
         return func.count()
-    info = plan.fields.get(field) if isinstance(field, str) else None
-    if info is None or not info.comparable:
-        usable = plan.comparable_fields
-        raise FieldNotAllowedError(
-            f"That field can't be aggregated on {plan.name}. Fields you can aggregate: {', '.join(usable) or '(none)'}",
-            details={"allowed_fields": usable},
-        )
+    info = _inputs.comparable_field(
+        plan, field, f"That field can't be aggregated on {plan.name}. Fields you can aggregate: {{fields}}"
+    )
     if function in ("sum", "avg") and not is_numeric(info.pytype):
         numeric = [n for n in plan.comparable_fields if is_numeric(plan.fields[n].pytype)]
         raise ValidationError(f"{function} needs a numeric field. Numeric fields: {', '.join(numeric) or '(none)'}")
