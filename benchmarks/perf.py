@@ -316,7 +316,7 @@ async def scale(n: int) -> None:
     print("\nscale (SQLite, audit off): per-call cost as the table grows")
     for per_tenant in (10_000 // 3, 100_000 // 3, 1_000_000 // 3):
         engine = sqlite_engine(per_tenant)
-        await run_backend(f"{per_tenant * 3 // 1000}k", engine, ["off"], n, ["query50", "get", "count"])
+        await run_backend(f"{per_tenant * 3:,}", engine, ["off"], n, ["query50", "get", "count"])
         engine.dispose()
 
 
