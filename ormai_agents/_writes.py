@@ -312,17 +312,30 @@ def _names(names: list[str]) -> str:
 # --- the call -----------------------------------------------------------------------------
 
 
-async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval: Approval | None = None) -> WriteResult:
-    """Run one write tool call (`call.tool` is the operation) under the current policy."""
-    op = call.tool
-    plan = call.plan = toolset.plan(call.model)
-    action = getattr(plan.policy.write_policy, op)
+def write_action(plan: ModelPlan, op: str) -> WriteAction:
+    """The policy's action for `op` on the model; WriteNotAllowedError when it is Deny."""
+    action: WriteAction = getattr(plan.policy.write_policy, op)
     if action is WriteAction.Deny:
         allowed = [o for o in OPERATIONS if getattr(plan.policy.write_policy, o) is not WriteAction.Deny]
         raise WriteNotAllowedError(
             f"{op} is not allowed on {plan.name}. "
             + (f"Writes you may request on {plan.name}: {', '.join(allowed)}" if allowed else f"{plan.name} is read-only.")
         )
+    return action
+
+
+def precheck(toolset: Toolset, model: Any, op: str, args: Mapping[str, Any]) -> None:
+    """Everything `perform` checks before touching the database, without a database."""
+    plan = toolset.plan(model)
+    write_action(plan, op)
+    parse_change(toolset._write_plans[plan.name], op, normalize_arguments(op, args))
+
+
+async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval: Approval | None = None) -> WriteResult:
+    """Run one write tool call (`call.tool` is the operation) under the current policy."""
+    op = call.tool
+    plan = call.plan = toolset.plan(call.model)
+    action = write_action(plan, op)
     principal = call.ctx.principal
     where = call.where = plan.where(principal)
     wplan = toolset._write_plans[plan.name]
@@ -627,4 +640,6 @@ __all__ = [
     "normalize_arguments",
     "parse_change",
     "perform",
+    "precheck",
+    "write_action",
 ]

@@ -239,6 +239,10 @@ class OrmAITool(BaseTool):
         decision. None outside a LangGraph run (no interrupt possible)."""
         if not self.spec.requires_approval or interrupt is None:
             return None
+        try:
+            self.runner.toolset.check_write(self.spec.model or "", self.spec.method, arguments)
+        except OrmAIError:
+            return None  # nothing to approve: the call runs, fails its checks and is audited
         request = {
             "type": "ormai_approval",
             "tool": self.name,

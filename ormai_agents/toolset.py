@@ -298,6 +298,16 @@ class Toolset:
         async with _Call(self, ctx, "execute_approved", None, {"approval_id": approval_id}) as call:
             return await _writes.execute_approved(self, call, approval_id)
 
+    def check_write(self, model: str, operation: str, arguments: dict[str, Any]) -> None:
+        """Raise the OrmAIError a write would raise on its arguments alone, without a database.
+
+        For approval flows: a request that can't run should not be put to a person. It is not
+        audited (nothing ran); the write itself, when called, is checked and audited as usual.
+        """
+        if operation not in _writes.OPERATIONS:
+            raise ValidationError(f"operation must be one of: {', '.join(_writes.OPERATIONS)}")
+        _writes.precheck(self, model, operation, arguments)
+
     def writable_fields(self, model: str, operation: str) -> list[str]:
         """The fields an agent may send in `data` for `operation` (create, update or bulk_update)."""
         plan = self.plan(model)

@@ -140,3 +140,46 @@ async def test_a_resume_value_that_is_not_a_decision_is_the_hosts_error(wb: Back
         await step(agent, "async", Command(resume={"approved": True}), "t4")
     assert snapshot(wb, Order) == before
     assert await ts.approval_store.list(tenant_id="acme") == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_invalid_request_is_never_put_to_a_person(wb: Backend, kind: str) -> None:
+    """A write that would fail its checks doesn't pause the graph: the model gets the error at once."""
+    ts = approval_toolset()
+    order_id = ids(wb, Order, Order.tenant_id == "acme")[0]
+    before = snapshot(wb, Order)
+    factory = sessionmaker(wb.sync_engine) if kind == "sync" else async_sessionmaker(wb.async_engine)
+    toolkit = OrmAIToolkit(toolset=ts, session_factory=factory)
+    # Mass assignment of the tenant: refused by the write checks, so there is nothing to approve.
+    call = tool_call("update_order", {"id": order_id, "data": {"tenant_id": "globex"}})
+    agent = create_agent(
+        ScriptedChatModel([AIMessage("", tool_calls=[call]), "done"]),
+        tools=toolkit.get_tools(ACME),
+        checkpointer=InMemorySaver(),
+    )
+    done = await step(agent, kind, USER, "t-invalid")
+    assert "__interrupt__" not in done
+    (msg,) = [m for m in done["messages"] if isinstance(m, ToolMessage)]
+    assert msg.status == "error" and json.loads(msg.content)["error"] == "field_not_allowed"
+    assert done["messages"][-1].content == "done"
+    assert snapshot(wb, Order) == before
+    assert await ts.approval_store.list(tenant_id="acme") == []
+    audit = [(r.tool_name, r.outcome, r.error_code) for r in ts.audit_store.records]
+    assert audit == [("update", "denied", "field_not_allowed")]  # the refusal is audited
+
+
+async def test_check_write_needs_no_database(wb: Backend) -> None:
+    from ormai_agents import FieldNotAllowedError, ModelNotAllowedError, ValidationError, WriteNotAllowedError
+
+    ts = approval_toolset()
+    ts.check_write("Order", "update", {"id": 1, "data": {"status": "ok"}})  # passes: nothing raised
+    with pytest.raises(FieldNotAllowedError):
+        ts.check_write("Order", "update", {"id": 1, "data": {"tenant_id": "globex"}})
+    with pytest.raises(ValidationError):
+        ts.check_write("Order", "update", {"id": "not-a-number", "data": {"status": "ok"}})
+    with pytest.raises(WriteNotAllowedError):
+        ts.check_write("Tenant", "delete", {"id": "acme"})
+    with pytest.raises(ModelNotAllowedError):
+        ts.check_write("Document", "create", {"data": {}})
+    with pytest.raises(ValidationError):
+        ts.check_write("Order", "drop", {})
