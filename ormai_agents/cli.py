@@ -238,12 +238,19 @@ def schema(
     con.print(scope_table)
 
 
+def _models_option(models: str | None) -> Any:
+    """The mapped classes named by --models (None when it was not given); exit 2 when it is wrong."""
+    if not models:
+        return None
+    try:
+        return load_models(models)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise fail(f"--models {models}: {exc}") from None
+
+
 def _models_for(pol: Policy, models: str | None, db: str | None, table: list[str] | None, db_schema: str | None) -> Any:
     if models:
-        try:
-            return load_models(models)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise fail(f"--models {models}: {exc}") from None
+        return _models_option(models)
     if db:
         from sqlalchemy import create_engine
 
@@ -283,12 +290,7 @@ def lint(
     from ormai_agents.lint import lint_policy
 
     pol = _policy(policy)
-    model_source = None
-    if models:
-        try:
-            model_source = load_models(models)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise fail(f"--models {models}: {exc}") from None
+    model_source = _models_option(models)
     try:
         tables = _table_map(table)
     except ValueError as exc:
@@ -352,12 +354,7 @@ def rls(
     from ormai_agents.rls import generate_rls_for_database
 
     pol = _policy(policy)
-    model_source = None
-    if models:
-        try:
-            model_source = load_models(models)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise fail(f"--models {models}: {exc}") from None
+    model_source = _models_option(models)
     try:
         tables = _table_map(table)
         engine = create_engine(_sync_url(db))
