@@ -16,20 +16,14 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import ColumnElement
 
 from ormai_agents._errors import FieldNotAllowedError, ValidationError
+from ormai_agents._operations import FILTER_OPERATORS, FILTER_OPS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo
 
-FILTER_OPS = (
-    "eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null",
-    "contains", "startswith", "endswith", "between",
-)  # fmt: skip
-AGGREGATE_FUNCTIONS = ("count", "sum", "avg", "min", "max")
 MAX_FILTERS = 50
 MAX_IN_VALUES = 500
 
-FilterOp = Literal[
-    "eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null",
-    "contains", "startswith", "endswith", "between",
-]  # fmt: skip
+# The operator names as a Literal, built from the table (pydantic validates `op` against it).
+FilterOp: Any = Literal.__getitem__(FILTER_OPS)
 
 
 class FilterSpec(BaseModel):
@@ -114,48 +108,35 @@ def _coerce(info: FieldInfo, value: Any, position: int) -> Any:
 
 def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnElement[bool], Any]:
     info = _filter_field(plan, spec.field, i)
-    col = info.column
+    operator = FILTER_OPERATORS[spec.op]
     op, value = spec.op, spec.value
-    if op == "is_null":
+    shape = operator.shape
+    if shape == "flag":
         if value is None:
             value = True
         if not isinstance(value, bool):
-            raise ValidationError(f"Filter {i}: is_null takes true or false")
-        return (col.is_(None) if value else col.is_not(None)), value
+            raise ValidationError(f"Filter {i}: {op} takes true or false")
+        return operator.clause(info.column, value), value
     if not info.comparable:
         raise ValidationError(f"Filter {i}: {info.name!r} can only be filtered with is_null")
-    if op in ("in", "not_in"):
+    if shape == "list":
         if not isinstance(value, list):
             raise ValidationError(f"Filter {i}: {op} takes a list of values")
         if len(value) > MAX_IN_VALUES:
             raise ValidationError(f"Filter {i}: {op} takes at most {MAX_IN_VALUES} values")
-        values = [_coerce(info, v, i) for v in value]
-        return (col.in_(values) if op == "in" else col.not_in(values)), values
-    if op == "between":
+        value = [_coerce(info, v, i) for v in value]
+    elif shape == "pair":
         if not isinstance(value, list) or len(value) != 2:
-            raise ValidationError(f"Filter {i}: between takes a list of two values [low, high]")
-        low, high = _coerce(info, value[0], i), _coerce(info, value[1], i)
-        return col.between(low, high), [low, high]
-    if op in ("contains", "startswith", "endswith"):
+            raise ValidationError(f"Filter {i}: {op} takes a list of two values [low, high]")
+        value = [_coerce(info, value[0], i), _coerce(info, value[1], i)]
+    elif shape == "text":
         if info.pytype is not str:
             raise ValidationError(f"Filter {i}: {op} applies to text fields only")
         if not isinstance(value, str) or "\x00" in value:
             raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
-        # autoescape escapes %, _ and the escape character itself, and adds ESCAPE '/'.
-        method = {"contains": col.contains, "startswith": col.startswith, "endswith": col.endswith}[op]
-        return method(value, autoescape=True), value
-    coerced = _coerce(info, value, i)
-    if op == "eq":
-        return col == coerced, coerced
-    if op == "ne":
-        return col != coerced, coerced
-    if op == "lt":
-        return col < coerced, coerced
-    if op == "lte":
-        return col <= coerced, coerced
-    if op == "gt":
-        return col > coerced, coerced
-    return col >= coerced, coerced
+    else:
+        value = _coerce(info, value, i)
+    return operator.clause(info.column, value), value
 
 
 def _str_list(value: Any, what: str) -> list[str]:

@@ -109,6 +109,11 @@ class ModelPlan:
         return stmt if isinstance(self.selectable, Table) else stmt.select_from(self.selectable)
 
     @property
+    def keyed(self) -> bool:
+        """Records can be named by primary key: every key column is a plainly readable field."""
+        return all(info is not None and info.plain for info in self.pk)
+
+    @property
     def plain_fields(self) -> list[str]:
         return [n for n, f in self.fields.items() if f.plain]
 

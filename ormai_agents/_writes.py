@@ -49,6 +49,8 @@ from ormai_agents._errors import (
     WriteNotAllowedError,
     WriteOutcomeUnknownError,
 )
+from ormai_agents._operations import OPERATIONS as TABLE
+from ormai_agents._operations import WRITE_OPERATIONS
 from ormai_agents._paths import parse_principal_path
 from ormai_agents._plan import _DENIED_MESSAGE, ModelPlan, Where
 from ormai_agents._results import WriteResult
@@ -60,13 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ormai_agents")
 
-OPERATIONS = ("create", "update", "delete", "bulk_update")
-_ARGUMENTS = {
-    "create": ("data",),
-    "update": ("id", "data"),
-    "delete": ("id",),
-    "bulk_update": ("filters", "data"),
-}
+OPERATIONS = WRITE_OPERATIONS
+_ARGUMENTS = {op: TABLE[op].arguments for op in OPERATIONS}
 _WRITE_ATTEMPTS = 3
 _NOW = "now()"
 _CHECK_FAILED = (
@@ -97,7 +94,14 @@ class WritePlan:
     # Why a readable field is not writable, per operation (the agent may see these names).
     refused_create: dict[str, str]
     refused_update: dict[str, str]
-    required: list[str]
+    required: list[str]  # declared required (WritePolicy.required_fields)
+    # Fields a create must carry: declared required, or NOT NULL without a default, a server
+    # value or a database-generated key. The create tool's schema and the check agree by reading it.
+    required_create: list[str]
+    # The write operations that exist for this model, with the policy's action: allowed by the
+    # policy, by key only with a plainly readable key, changing fields only when one is writable.
+    # The tool builder builds exactly these tools, and describe_schema reports exactly these.
+    operations: dict[str, WriteAction]
     # field -> (referenced model's plan name, referenced column): foreign keys into exposed models.
     references: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
@@ -151,16 +155,26 @@ def build_write_plans(plans: Mapping[str, ModelPlan]) -> dict[str, WritePlan]:
                     + " (for example \"principal.tenant_id\")"
                 )
         refused_create, refused_update = refusals(plan, "create"), refusals(plan, "update")
+        writable_create = [n for n in plan.fields if n not in refused_create]
+        writable_update = [n for n in plan.fields if n not in refused_update]
+        writable = {"create": writable_create, "update": writable_update, "bulk_update": writable_update}
         out[name] = WritePlan(
             plan=plan,
             table=table,
             auto_create={k: _auto(plan, k, v) for k, v in wp.auto_set.items()},
             auto_update={k: _auto(plan, k, v) for k, v in wp.auto_set_on_update.items()},
-            writable_create=[n for n in plan.fields if n not in refused_create],
-            writable_update=[n for n in plan.fields if n not in refused_update],
+            writable_create=writable_create,
+            writable_update=writable_update,
             refused_create=refused_create,
             refused_update=refused_update,
             required=list(wp.required_fields),
+            required_create=_required_on_create(plan, table, writable_create),
+            operations={
+                op: action
+                for op, action in enabled.items()
+                if not (TABLE[op].by_key and not plan.keyed)
+                and not (TABLE[op].needs_fields and not writable.get(op))
+            },
         )
     by_table = {wplan.table: wplan.plan for wplan in out.values() if wplan.table is not None}
     for wplan in out.values():
@@ -169,6 +183,23 @@ def build_write_plans(plans: Mapping[str, ModelPlan]) -> dict[str, WritePlan]:
                 target = by_table.get(fk.column.table)
                 if target is not None:
                     wplan.references[fname] = (target.name, fk.column)
+    return out
+
+
+def _required_on_create(plan: ModelPlan, table: Table | None, writable: list[str]) -> list[str]:
+    wp = plan.policy.write_policy
+    generated = table.autoincrement_column if table is not None else None
+    out = [n for n in writable if n in wp.required_fields]
+    for name in writable:
+        column = plan.fields[name].column
+        if (
+            name not in out
+            and not column.nullable
+            and column.default is None
+            and column.server_default is None
+            and column is not generated
+        ):
+            out.append(name)
     return out
 
 
@@ -241,20 +272,8 @@ def _parse_data(wplan: WritePlan, op: str, data: Any) -> dict[str, Any]:
             )
         out[name] = _value(plan.fields[name], value, name in wplan.required)
     if op == "create":
-        for name in wplan.required:
-            if name not in out and name not in wplan.auto_create:
-                raise ValidationError(f"{name!r} is required to create a {plan.name}. Nothing was written.")
-        for name in writable:
-            info = plan.fields[name]
-            column = info.column
-            if (
-                name not in out
-                and not column.nullable
-                and column.default is None
-                and column.server_default is None
-                and name not in wplan.auto_create
-                and column is not (wplan.table.autoincrement_column if wplan.table is not None else None)
-            ):
+        for name in wplan.required_create:
+            if name not in out:
                 raise ValidationError(f"{name!r} is required to create a {plan.name}. Nothing was written.")
     return out
 

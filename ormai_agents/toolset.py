@@ -34,6 +34,7 @@ from ormai_agents._errors import (
     TransientDatabaseError,
     ValidationError,
 )
+from ormai_agents._operations import AGGREGATE_FUNCTIONS, READ_OPERATIONS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_plans
 from ormai_agents._redact import redact_inputs
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
@@ -48,7 +49,7 @@ _DENIED_CODES = {
     "access_denied", "model_not_allowed", "field_not_allowed", "write_not_allowed",
     "approval_required", "approval_invalid",
 }  # fmt: skip
-_READ_TOOLS = frozenset({"describe_schema", "query", "get", "aggregate"})
+_READ_TOOLS = frozenset(READ_OPERATIONS)
 _READ_RETRIES = 3  # attempts after the first failure
 
 
@@ -461,13 +462,8 @@ class Toolset:
                 entry["filterable"] = True
                 entry["sortable"] = info.comparable
             fields[name] = entry
-        wp = plan.policy.write_policy
-        writes = {
-            op: action.value
-            for op, action in (("create", wp.create), ("update", wp.update), ("delete", wp.delete),
-                               ("bulk_update", wp.bulk_update))  # fmt: skip
-            if action.value != "deny"
-        }
+        # The write tools that exist for this model: the same table the tool builder reads.
+        writes = {op: action.value for op, action in self._write_plans[plan.name].operations.items()}
         out: dict[str, Any] = {"fields": fields, "max_rows": plan.max_rows}
         if plan.policy.description:
             out["description"] = plan.policy.description
@@ -601,8 +597,8 @@ class _Call:
 
 
 def _aggregate_expr(plan: ModelPlan, function: Any, field: Any) -> Any:
-    if function not in _inputs.AGGREGATE_FUNCTIONS:
-        raise ValidationError(f"function must be one of: {', '.join(_inputs.AGGREGATE_FUNCTIONS)}")
+    if function not in AGGREGATE_FUNCTIONS:
+        raise ValidationError(f"function must be one of: {', '.join(AGGREGATE_FUNCTIONS)}")
     if field is None:
         if function != "count":
             raise ValidationError(f"{function} needs a field")
