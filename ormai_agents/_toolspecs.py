@@ -58,22 +58,33 @@ class ToolSpec:
     def argument_names(self) -> tuple[str, ...]:
         return tuple(self.parameters.get("properties", {}))
 
-    async def run(self, toolset: Toolset, ctx: RunContext, arguments: Mapping[str, Any] | None) -> Any:
-        """Run the tool with the LLM's arguments; raises OrmAIError subclasses."""
-        args = dict(arguments or {})
+    async def run(self, toolset: Toolset, ctx: RunContext, arguments: Any) -> Any:
+        """Run the tool with the LLM's arguments; raises OrmAIError subclasses.
+
+        Arguments the tool does not take are refused here, and the refusal is audited like
+        every toolset call.
+        """
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, Mapping):
+            error = ValidationError(f"{self.name} takes an object of named arguments")
+            await toolset.refuse(ctx, self.method, error, model=self.model)
+        args = dict(arguments)
         unknown = [k for k in args if k not in self.parameters.get("properties", {})]
         if unknown:
-            raise ValidationError(
+            error = ValidationError(
                 f"{self.name} does not take {', '.join(sorted(map(str, unknown))[:5])}. "
                 f"Arguments: {', '.join(self.argument_names) or '(none)'}"
             )
+            await toolset.refuse(ctx, self.method, error, model=self.model or args.get("model"), inputs=args)
         if self.model is not None:
             args["model"] = self.model
         method = getattr(toolset, self.method)
         if self.method == "describe_schema":
             return await method(ctx)
         if self.model is None and "model" not in args:
-            raise ValidationError(f"{self.name} needs a model")
+            error = ValidationError(f"{self.name} needs a model")
+            await toolset.refuse(ctx, self.method, error, inputs=args)
         return await method(ctx, **args)
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Approval",
+    "ApprovalDecisions",
     "ApprovalError",
     "ApprovalRequiredError",
     "ApprovalStatus",
@@ -113,7 +114,11 @@ class Approval:
 
 @runtime_checkable
 class ApprovalStore(Protocol):
-    """Where approvals are kept. `transition` must be atomic (compare-and-set on the status)."""
+    """Where approvals are kept: every method the toolset and the framework adapters call.
+
+    `transition` must be atomic (compare-and-set on the status). `approve` and `reject` come
+    with `ApprovalDecisions`.
+    """
 
     async def add(self, approval: Approval) -> None:
         """Keep a new pending approval; raise when it could not be stored."""
@@ -138,9 +143,16 @@ class ApprovalStore(Protocol):
     ) -> list[Approval]:
         """Approvals, newest first."""
 
+    async def approve(self, approval_id: str, *, decided_by: str | None = None, reason: str | None = None) -> Approval:
+        """Approve a pending approval; ApprovalError when it is unknown or not pending."""
 
-class _Decisions:
-    """`approve` and `reject` for any store with `transition` and `get`."""
+    async def reject(self, approval_id: str, *, decided_by: str | None = None, reason: str | None = None) -> Approval:
+        """Reject a pending approval; ApprovalError when it is unknown or not pending."""
+
+
+class ApprovalDecisions:
+    """`approve` and `reject` for any store with `transition` and `get`: derive a store of your
+    own from it and implement `add`, `get`, `transition` and `list`."""
 
     async def approve(self, approval_id: str, *, decided_by: str | None = None, reason: str | None = None) -> Approval:
         """Approve a pending approval; ApprovalError when it is unknown or not pending."""
@@ -167,7 +179,7 @@ def _apply(approval: Approval, new: ApprovalStatus, decided_by: str | None, reas
         approval.finished_at, approval.error_code = _now(), error_code
 
 
-class MemoryApprovalStore(_Decisions):
+class MemoryApprovalStore(ApprovalDecisions):
     """Approvals in memory: for tests, demos and single-process hosts."""
 
     def __init__(self) -> None:
@@ -209,7 +221,7 @@ class MemoryApprovalStore(_Decisions):
         return out[:limit]
 
 
-class SqlApprovalStore(_Decisions):
+class SqlApprovalStore(ApprovalDecisions):
     """Approvals in a table of their own (`ormai_approvals` by default), through SQLAlchemy.
 
     `engine` is a sync `Engine` or an `AsyncEngine`; it may be the application's database or

@@ -56,11 +56,10 @@ from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_cu
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import ConfigDict, PrivateAttr
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ormai_agents._context import Principal, RunContext
-from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError
-from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable, render
+from ormai_agents._context import Principal
+from ormai_agents._kernel import GENERIC, Decision, HostError, ToolReply, ToolRunner
+from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable
 from ormai_agents.audit import AuditRecord, AuditStore
 from ormai_agents.toolset import Toolset
 
@@ -76,19 +75,9 @@ log = logging.getLogger("ormai_agents")
 AUDIT_EVENT = "ormai_audit"
 """Name of the custom event carrying an `AuditRecord` (as `AuditRecord.to_dict()`)."""
 
-_GENERIC = OrmAIError("The request could not be completed. Try again, or try a different request.")
-_NO_PRINCIPAL = AccessDeniedError(
-    "This tool has no identity to run as, so the call was refused. It can't be given in the tool "
-    "arguments; the application must provide it."
-)
-
-
-class _HostError(RuntimeError):
-    """A mistake in how the host application uses the toolkit: raised to the host, not the model."""
-
 
 def _tool_error_text(error: ToolException) -> str:
-    return str(error.args[0]) if error.args else render(_GENERIC.to_dict())
+    return str(error.args[0]) if error.args else ToolReply.error(GENERIC).text
 
 
 def _trace_metadata(principal: Principal) -> dict[str, Any]:
@@ -109,83 +98,23 @@ def principal_config(principal: Principal, config: RunnableConfig | None = None)
     return base  # type: ignore[return-value]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Runner:
-    """What every tool of one toolkit shares: the toolset and where sessions come from."""
-
-    toolset: Toolset
-    session_factory: Callable[[], Any]
-
-    async def call(
-        self,
-        spec: ToolSpec,
-        principal: Principal,
-        arguments: dict[str, Any],
-        sink: Callable[[AuditRecord], None],
-        sync: bool,
-        decision: _Decision | None = None,
-    ) -> Any:
-        """Run the tool in a session of its own (the toolset commits its writes)."""
-        if sync and isinstance(self.session_factory, async_sessionmaker):
-            raise _HostError(_ASYNC_IN_SYNC)
-        session = self.session_factory()
-        if isinstance(session, AsyncSession):
-            if sync:
-                raise _HostError(_ASYNC_IN_SYNC)
-            async with session:
-                return await self._run(spec, RunContext(principal, session, on_audit=sink), arguments, decision)
-        with session:
-            return await self._run(spec, RunContext(principal, session, on_audit=sink), arguments, decision)
-
-    async def _run(self, spec: ToolSpec, ctx: RunContext, arguments: dict[str, Any], decision: _Decision | None) -> Any:
-        try:
-            return await spec.run(self.toolset, ctx, arguments)
-        except ApprovalRequiredError as pending:
-            if decision is None:  # no one to ask here: the model hears the approval id
-                raise
-            # The toolset validated the request and recorded it as pending: record the person's
-            # decision and let the toolset run it (or refuse it), audited like any approved write.
-            db: Any = ctx.db
-            if isinstance(db, AsyncSession):
-                await db.rollback()
-            else:
-                db.rollback()
-            store: Any = self.toolset.approval_store
-            decide = store.approve if decision.approve else store.reject
-            await decide(pending.approval_id, decided_by=decision.decided_by, reason=decision.reason)
-            return await self.toolset.execute_approved(ctx, pending.approval_id)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Decision:
-    approve: bool
-    decided_by: str | None = None
-    reason: str | None = None
-
-
 _DECISION_HELP = (
     'Resume an ormai approval with True/False, "approve"/"reject", or '
     '{"approve": bool, "decided_by": str, "reason": str}'
 )
 
 
-def _decision(answer: Any) -> _Decision:
+def _decision(answer: Any) -> Decision:
     """The host's resume value as a decision; anything unrecognised is the host's mistake."""
     if isinstance(answer, bool):
-        return _Decision(answer)
+        return Decision(answer)
     if answer in ("approve", "reject"):
-        return _Decision(answer == "approve")
+        return Decision(answer == "approve")
     if isinstance(answer, dict) and isinstance(answer.get("approve"), bool) and set(answer) <= {"approve", "decided_by", "reason"}:
         by, reason = answer.get("decided_by"), answer.get("reason")
         if (by is None or isinstance(by, str)) and (reason is None or isinstance(reason, str)):
-            return _Decision(answer["approve"], by, reason)
-    raise _HostError(_DECISION_HELP)
-
-
-_ASYNC_IN_SYNC = (
-    "OrmAIToolkit has an async session factory: run the agent or tool with ainvoke/astream, "
-    "or give the toolkit a sync sessionmaker for invoke."
-)
+            return Decision(answer["approve"], by, reason)
+    raise HostError(_DECISION_HELP)
 
 
 def _run_blocking(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -206,7 +135,7 @@ class OrmAITool(BaseTool):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     spec: ToolSpec
-    runner: _Runner
+    runner: ToolRunner
     principal: Principal | None = None
     handle_tool_error: Any = _tool_error_text
 
@@ -226,33 +155,20 @@ class OrmAITool(BaseTool):
         config = ensure_config(config)
         return {**config, "metadata": {**config.get("metadata", {}), **_trace_metadata(principal)}}  # type: ignore[typeddict-item]
 
-    def _principal(self, config: RunnableConfig | None) -> Principal:
+    def _principal(self, config: RunnableConfig | None) -> Principal | None:
         principal = self.principal
         if principal is None:
             principal = (config or {}).get("configurable", {}).get("principal")
-        if not isinstance(principal, Principal):
-            raise ToolException(render(_NO_PRINCIPAL.to_dict()))
-        return principal
+        return principal if isinstance(principal, Principal) else None
 
-    def _ask(self, principal: Principal, arguments: dict[str, Any]) -> _Decision | None:
+    def _ask(self, principal: Principal | None, arguments: dict[str, Any]) -> Decision | None:
         """For a write that needs approval: pause the graph until the host resumes it with a
         decision. None outside a LangGraph run (no interrupt possible)."""
-        if not self.spec.requires_approval or interrupt is None:
+        if interrupt is None or principal is None:
             return None
-        try:
-            self.runner.toolset.check_write(self.spec.model or "", self.spec.method, arguments)
-        except OrmAIError:
-            return None  # nothing to approve: the call runs, fails its checks and is audited
-        request = {
-            "type": "ormai_approval",
-            "tool": self.name,
-            "operation": self.spec.method,
-            "model": self.spec.model,
-            "arguments": jsonable(arguments),
-            "tenant_id": jsonable(principal.tenant_id),
-            "user_id": jsonable(principal.user_id),
-            "description": self.description,
-        }
+        request = self.runner.approval_request(self.spec, principal, arguments)
+        if request is None:
+            return None
         try:
             answer = interrupt(request)
         except (KeyError, RuntimeError):  # not inside a graph run: no one to ask
@@ -265,37 +181,30 @@ class OrmAITool(BaseTool):
         decision = self._ask(principal, arguments)  # may pause the graph (raises GraphInterrupt)
         records: list[AuditRecord] = []
         try:
-            result = _run_blocking(lambda: self.runner.call(self.spec, principal, arguments, records.append, True, decision))
-        except Exception as exc:
-            raise _as_tool_error(exc) from exc
+            reply = _run_blocking(
+                lambda: self.runner.call(self.spec, principal, arguments, on_audit=records.append, decision=decision, sync=True)
+            )
         finally:
             for record in records:
                 _emit(record)
-        return render(result)
+        return _text(reply)
 
     async def _arun(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
         principal = self._principal(config)
         decision = self._ask(principal, arguments)
         records: list[AuditRecord] = []
         try:
-            result = await self.runner.call(self.spec, principal, arguments, records.append, False, decision)
-        except Exception as exc:
-            raise _as_tool_error(exc) from exc
+            reply = await self.runner.call(self.spec, principal, arguments, on_audit=records.append, decision=decision)
         finally:
             for record in records:
                 await _aemit(record)
-        return render(result)
+        return _text(reply)
 
 
-def _as_tool_error(exc: Exception) -> Exception:
-    if isinstance(exc, _HostError):
-        return exc
-    if isinstance(exc, OrmAIError):
-        return ToolException(render(exc.to_dict()))
-    # Anything else (e.g. the session factory failing) is logged for the host; the model gets
-    # a generic message with no driver text or traceback.
-    log.error("ormai_agents: unexpected error in a LangChain tool call", exc_info=exc)
-    return ToolException(render(_GENERIC.to_dict()))
+def _text(reply: ToolReply) -> str:
+    if reply.is_error:  # the model reads it as an error ToolMessage; the loop goes on
+        raise ToolException(reply.text)
+    return reply.text
 
 
 def _emit(record: AuditRecord) -> None:
@@ -340,7 +249,7 @@ class OrmAIToolkit(BaseToolkit):
             raise TypeError("principal must be an ormai_agents.Principal")
         tools = self._tools
         if tools is None:
-            runner = _Runner(self.toolset, self.session_factory)
+            runner = ToolRunner(self.toolset, self.session_factory)
             tools = [
                 OrmAITool(
                     name=spec.name,

@@ -39,12 +39,11 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 from llama_index.core.workflow.context import Context
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from ormai_agents._context import Principal, RunContext
-from ormai_agents._errors import AccessDeniedError, OrmAIError
-from ormai_agents._sessions import SessionFactory, open_session
-from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable, render
+from ormai_agents._context import Principal
+from ormai_agents._kernel import ToolRunner
+from ormai_agents._sessions import SessionFactory
+from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable
 from ormai_agents.audit import AuditRecord
 from ormai_agents.toolset import Toolset
 
@@ -56,11 +55,6 @@ dispatcher = get_dispatcher("ormai_agents")
 DEFAULT_CONTEXT_KEY = "principal"
 _CTX_PARAM = "workflow_ctx"
 _PRINCIPAL_FIELDS = frozenset({"tenant_id", "user_id", "roles", "metadata"})
-_NO_PRINCIPAL = (
-    "This tool can't be used in this conversation: the application did not say on whose behalf "
-    "it runs. Tell the user the request can't be served; retrying will not help."
-)
-_UNEXPECTED = OrmAIError("The request could not be completed.")
 
 
 class OrmAIAuditEvent(BaseEvent):
@@ -206,6 +200,7 @@ class OrmAIToolSpec(BaseToolSpec):
         self.toolset = toolset
         self.session_factory = session_factory
         self.context_key = context_key
+        self._runner = ToolRunner(toolset, session_factory)
         self._specs = {s.name: s for s in build_tool_specs(toolset, layout=layout, prefix=prefix)}
         self._schemas = {name: _args_model(spec) for name, spec in self._specs.items()}
         self._unbound: dict[str, FunctionTool] = {}
@@ -249,7 +244,7 @@ class OrmAIToolSpec(BaseToolSpec):
         tool = _OrmAIFunctionTool.from_defaults(
             async_fn=fn, name=spec.name, description=spec.description, fn_schema=self._schemas[spec.name]
         )
-        tool.async_only = isinstance(self.session_factory, async_sessionmaker)
+        tool.async_only = self._runner.async_factory
         return tool
 
     def _bound_tool(self, spec: ToolSpec, principal: Principal) -> FunctionTool:
@@ -279,23 +274,10 @@ class OrmAIToolSpec(BaseToolSpec):
         self, spec: ToolSpec, arguments: dict[str, Any], resolve: Callable[[], Awaitable[Optional[Principal]]]
     ) -> str:
         async def invoke() -> str:
-            try:
-                principal = await resolve()
-                if principal is None:
-                    log.warning("ormai_agents: %s called without a principal; refused", spec.name)
-                    raise AccessDeniedError(_NO_PRINCIPAL)
+            def emit(record: AuditRecord) -> None:
+                dispatcher.event(OrmAIAuditEvent(tool_name=spec.name, record=jsonable(record.to_dict())))
 
-                def emit(record: AuditRecord) -> None:
-                    dispatcher.event(OrmAIAuditEvent(tool_name=spec.name, record=jsonable(record.to_dict())))
-
-                sink = emit if _listened() else None
-                async with open_session(self.session_factory) as db:
-                    result = await spec.run(self.toolset, RunContext(principal, db, on_audit=sink), arguments)
-                return render(result)
-            except OrmAIError as error:
-                return _ErrorText(render(error.to_dict()))
-            except Exception:
-                log.exception("ormai_agents: unexpected error in tool %s", spec.name)
-                return _ErrorText(render(_UNEXPECTED.to_dict()))
+            reply = await self._runner.call(spec, await resolve(), arguments, on_audit=emit if _listened() else None)
+            return _ErrorText(reply.text) if reply.is_error else reply.text
 
         return await _tool_call(spec.name, arguments, invoke)

@@ -10,7 +10,7 @@ import os
 import time
 from contextvars import ContextVar
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, tuple_
 from sqlalchemy import select as sql_select
@@ -298,6 +298,18 @@ class Toolset:
         """Run an approved write (see `ormai_agents.approvals`) for the principal that requested it."""
         async with _Call(self, ctx, "execute_approved", None, {"approval_id": approval_id}) as call:
             return await _writes.execute_approved(self, call, approval_id)
+
+    async def refuse(
+        self, ctx: RunContext, tool: str, error: OrmAIError, *, model: Any = None, inputs: dict[str, Any] | None = None
+    ) -> NoReturn:
+        """Audit a call refused before it reached a tool method (say, an argument the tool does
+        not take), then raise `error`. Framework adapters use it, so malformed calls are audited
+        like every other call."""
+        async with _Call(self, ctx, tool, model, dict(inputs or {})) as call:
+            if isinstance(model, str) and model in self._plans:
+                call.plan = self._plans[model]  # redact the inputs by the model's field policy
+            raise error
+        raise error  # not reached: the call re-raises (mypy can't tell from __aexit__'s bool)
 
     def check_write(self, model: str, operation: str, arguments: dict[str, Any]) -> None:
         """Raise the OrmAIError a write would raise on its arguments alone, without a database.
