@@ -26,6 +26,7 @@ from typing import Any, Union
 from sqlalchemy import ColumnElement, and_, false, not_, or_, true
 from sqlalchemy.sql.elements import ColumnClause
 
+from ormai_agents._dialects import exact_compare, exact_in
 from ormai_agents._paths import parse_principal_path
 
 __all__ = ["ConditionSyntaxError", "MissingPrincipalValue", "parse_condition"]
@@ -482,7 +483,8 @@ class BoundCondition:
                     rhs = binding.coerce(raw)
                 except ValueError:
                     raise MissingPrincipalValue("principal value does not fit the column") from None
-            return _sql_compare(binding.sql, op, rhs)
+            # Text is compared exactly (no case, accent or trailing-space folding).
+            return exact_compare(binding.sql, op, rhs)
         a = self._value(left, resolve)
         b = self._value(right, resolve)
         try:
@@ -505,13 +507,15 @@ class BoundCondition:
                     raise MissingPrincipalValue("principal value does not fit the column") from None
             if not values:  # IN () matches nothing; NOT IN () excludes nothing
                 return node.negated
-            return binding.sql.not_in(values) if node.negated else binding.sql.in_(values)
+            return exact_in(binding.sql, values, node.negated)
         needle = self._value(node.left, resolve)
         found = needle in values
         return (not found) if node.negated else found
 
 
+
 def _sql_compare(col: Any, op: str, rhs: Any) -> ColumnElement[bool]:
+    """A plain SQL comparison (the row-level security generator's; it runs on PostgreSQL)."""
     if op == "=":
         return col == rhs  # type: ignore[no-any-return]
     if op == "!=":

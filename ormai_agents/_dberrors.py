@@ -18,6 +18,7 @@ from ormai_agents._errors import (
     IntegrityConstraintError,
     OrmAIError,
     TransientDatabaseError,
+    ValidationError,
 )
 
 log = logging.getLogger("ormai_agents")
@@ -26,6 +27,32 @@ log = logging.getLogger("ormai_agents")
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked")
 _INSUFFICIENT_PRIVILEGE = "42501"
+_QUERY_CANCELED = "57014"  # statement_timeout
+
+# MySQL and MariaDB report numeric error codes (PyMySQL, aiomysql and asyncmy alike: args[0]).
+_MYSQL_DRIVERS = ("pymysql", "aiomysql", "asyncmy", "MySQLdb", "mysql", "mariadb")
+# Deadlock (the server rolled the transaction back), lock wait timeout, and the lost connection
+# family: server gone away, lost during query, can't connect, killed (MariaDB), idle disconnect.
+_TRANSIENT_MYSQL = {1213, 1205, 2006, 2013, 2003, 1927, 4031}
+_MYSQL_CONSTRAINTS = {
+    1062: "unique", 1586: "unique", 1169: "unique",
+    1451: "foreign_key", 1452: "foreign_key", 1216: "foreign_key", 1217: "foreign_key",
+    1048: "not_null", 1364: "not_null",
+    3819: "check", 4025: "check",
+}  # fmt: skip
+_MYSQL_TIMEOUTS = {1969, 3024}  # max_statement_time (MariaDB), max_execution_time (MySQL)
+_MYSQL_PRIVILEGE = {1142, 1143, 1227}
+# A value the column can't hold: the agent's input, so a validation error it can act on.
+_BAD_VALUE_MESSAGES = {
+    "too_long": "A value is longer than its field allows. Nothing was written; shorten it.",
+    "out_of_range": "A number is out of the range its field allows. Nothing was written.",
+    "bad_value": (
+        "A value can't be stored in its field (a wrong type, or characters the field's character "
+        "set can't hold). Nothing was written."
+    ),
+}
+# (A failed MySQL statement leaves the transaction usable, so no rollback is owed on these.)
+_MYSQL_BAD_VALUES = {1406: "too_long", 1264: "out_of_range", 1366: "bad_value", 1292: "bad_value"}
 
 
 def _sqlstate(error: BaseException | None) -> str | None:
@@ -36,6 +63,14 @@ def _sqlstate(error: BaseException | None) -> str | None:
     return None
 
 
+def _mysql_code(error: BaseException | None) -> int | None:
+    """The MySQL/MariaDB error number of a driver exception, or None for other drivers."""
+    if error is None or type(error).__module__.split(".")[0] not in _MYSQL_DRIVERS:
+        return None
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
 def is_transient(error: sa_exc.DBAPIError) -> bool:
     """True for failures where the same statement may succeed if run again."""
     if error.connection_invalidated:
@@ -43,6 +78,8 @@ def is_transient(error: sa_exc.DBAPIError) -> bool:
     orig = error.orig
     state = _sqlstate(orig) or _sqlstate(getattr(orig, "__cause__", None))
     if state in _TRANSIENT_SQLSTATES:
+        return True
+    if _mysql_code(orig) in _TRANSIENT_MYSQL:
         return True
     if isinstance(error, sa_exc.OperationalError):
         text = str(orig).lower()
@@ -74,6 +111,9 @@ def _constraint_kind(error: sa_exc.DBAPIError) -> str | None:
     state = _sqlstate(orig) or _sqlstate(getattr(orig, "__cause__", None))
     if state in _CONSTRAINT_KINDS:
         return _CONSTRAINT_KINDS[state]
+    code = _mysql_code(orig)
+    if code is not None:
+        return _MYSQL_CONSTRAINTS.get(code)
     text = str(orig).lower()
     return next((kind for marker, kind in _SQLITE_CONSTRAINTS if marker in text), None)
 
@@ -94,12 +134,29 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
             details={"constraint": kind} if kind else None,
         ) from None
     except sa_exc.DBAPIError as error:
+        code = _mysql_code(error.orig)
+        state = _sqlstate(error.orig)
+        if code in _MYSQL_CONSTRAINTS:  # MySQL drivers report some of these as OperationalError
+            kind = _MYSQL_CONSTRAINTS[code]
+            log.info("ormai_agents: integrity error while trying to %s", action, exc_info=error)
+            raise IntegrityConstraintError(
+                _CONSTRAINT_MESSAGES[kind] + " Nothing was written.", details={"constraint": kind}
+            ) from None
+        bad_value = _MYSQL_BAD_VALUES.get(code or 0)
+        if bad_value is not None:
+            log.info("ormai_agents: a value did not fit its column while trying to %s", action, exc_info=error)
+            raise ValidationError(_BAD_VALUE_MESSAGES[bad_value]) from None
+        if code in _MYSQL_TIMEOUTS or state == _QUERY_CANCELED:
+            log.warning("ormai_agents: a statement ran out of its time budget while trying to %s", action, exc_info=error)
+            raise DatabaseError(
+                "The query took longer than it is allowed to. Narrow it with filters or a smaller limit."
+            ) from None
         if is_transient(error):
             log.warning("ormai_agents: transient database error while trying to %s", action, exc_info=error)
             raise TransientDatabaseError(
                 "The database is temporarily unavailable. Try the same call again shortly."
             ) from None
-        if _sqlstate(error.orig) == _INSUFFICIENT_PRIVILEGE:
+        if state == _INSUFFICIENT_PRIVILEGE or code in _MYSQL_PRIVILEGE:
             # Also a row-level security WITH CHECK violation: the row would leave the user's scope.
             log.warning("ormai_agents: the database refused to %s for this user", action, exc_info=error)
             raise DatabaseError(

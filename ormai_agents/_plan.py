@@ -19,6 +19,7 @@ from sqlalchemy.sql import FromClause
 from ormai_agents import _types
 from ormai_agents._conditions import BoundCondition, ColumnBinding, ConditionSyntaxError, MissingPrincipalValue, parse_condition
 from ormai_agents._context import Principal
+from ormai_agents._dialects import exact_equals, exact_in
 from ormai_agents._errors import AccessDeniedError, PolicyError
 from ormai_agents._paths import parse_principal_path
 from ormai_agents.policy import FieldAction, ModelPolicy, Policy, RowPolicy
@@ -185,9 +186,9 @@ def _scope_clause(column: Any, value: Any, coerce: Callable[[Any], Any]) -> tupl
         if not values:
             raise AccessDeniedError(_DENIED_MESSAGE)
         coerced = [_scope_value(coerce, v) for v in values]
-        return column.in_(coerced), "IN (" + ", ".join(_show(v) for v in coerced) + ")"
+        return exact_in(column, coerced), "IN (" + ", ".join(_show(v) for v in coerced) + ")"
     coerced_one = _scope_value(coerce, value)
-    return column == coerced_one, f"= {_show(coerced_one)}"
+    return exact_equals(column, coerced_one), f"= {_show(coerced_one)}"
 
 
 def _scope_value(coerce: Callable[[Any], Any], value: Any) -> Any:

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from ormai_agents import _inputs, _types
 from ormai_agents._context import Principal
 from ormai_agents._dberrors import map_db_errors, retrying
+from ormai_agents._dialects import capabilities, exact_equals
 from ormai_agents._errors import (
     AccessDeniedError,
     ApprovalError,
@@ -391,10 +392,10 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     width = len(names)
     shape = toolset._shaper(plan, names)
     columns = [plan.fields[n].column.label(n) for n in names]
-    # On PostgreSQL the WITH CHECK is part of the write statement: RETURNING evaluates the policy
-    # clauses on the written row. Elsewhere the row is re-selected by key in the same transaction
-    # (SQLite 3.40 evaluates `col IS NULL` wrongly inside RETURNING).
-    returning = (await _dialect(db)).name == "postgresql"
+    # Where the database has RETURNING, the WITH CHECK is part of the write statement: RETURNING
+    # evaluates the policy clauses on the written row. Otherwise the row is re-selected by key in
+    # the same transaction.
+    caps = capabilities(await _dialect(db))
     check = and_(*where.write_clauses).label("_check") if where.write_clauses else true().label("_check")
     not_found = RecordNotFoundError(
         f"No {plan.name} with that id is visible to you, or you may only read it. Use query to find "
@@ -416,7 +417,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     if change.op == "create":
         await _check_references(toolset, wplan, change.values, principal, db)
         stmt = insert(table).values(values_of(wplan.auto_create))
-        if returning:
+        if caps.insert_returning:
             rows = (await _run(db, stmt.returning(*columns, check))).all()
         else:
             key = list((await _run(db, stmt)).inserted_primary_key or ())
@@ -430,7 +431,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     if change.op == "delete":
         match = by_key(change.key)
         stmt = delete(table).where(*match, *where.write_clauses)
-        if returning:
+        if caps.delete_returning:
             rows = (await _run(db, stmt.returning(*columns))).all()
         else:
             rows = (await _run(db, snapshot(*match, lock=True))).all()
@@ -451,7 +452,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         call.before = shape(before[0])
         await _check_references(toolset, wplan, change.values, principal, db)
         stmt = update(table).where(*match, *where.write_clauses).values(values_of(wplan.auto_update))
-        if returning:
+        if caps.update_returning:
             after = (await _run(db, stmt.returning(*columns, check))).all()
         else:
             if (await _run(db, stmt)).rowcount != 1:
@@ -496,7 +497,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     )
     await _check_references(toolset, wplan, change.values, principal, db)
     stmt = update(table).where(in_keys, *where.write_clauses, *change.filters).values(values_of(wplan.auto_update))
-    if returning:
+    if caps.update_returning:
         after = (await _run(db, stmt.returning(*columns, check))).all()
         count = len(after)
     else:
@@ -532,7 +533,7 @@ async def _check_references(
         stmt = (
             sql_select(ref[1])
             .select_from(target.selectable)
-            .where(ref[1] == value, *twhere.write_clauses)
+            .where(exact_equals(ref[1], value), *twhere.write_clauses)
             .limit(1)
             .with_for_update(read=True)
         )

@@ -22,6 +22,7 @@ from ormai_agents import rls as _rls
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._cursor import CursorCodec, derive_key
 from ormai_agents._dberrors import map_db_errors, retrying
+from ormai_agents._dialects import capabilities, nulls_last
 from ormai_agents._errors import (
     AuditUnavailableError,
     DatabaseError,
@@ -365,10 +366,11 @@ class Toolset:
 
     async def _set_rls(self, ctx: RunContext) -> None:
         """Set the principal's row-level security settings in the current transaction."""
-        if _dialect_name(ctx.db) != "postgresql":
+        if not capabilities(_dialect_of(ctx.db)).row_level_security:
             raise PolicyError(
-                "This toolset enforces row-level security, which needs a PostgreSQL database; "
-                "the operator must connect it to PostgreSQL or build it with rls=False."
+                "This toolset enforces row-level security (rls=True), which needs PostgreSQL; the "
+                "database it is connected to has no row-level security. The operator must connect it "
+                "to PostgreSQL or build the toolset with rls=False."
             )
         assert self._rls_paths is not None
         await _execute(ctx.db, _rls.settings_statement(_rls.principal_settings(ctx.principal, self._rls_paths)))
@@ -634,7 +636,7 @@ class _SortKey(NamedTuple):
 def _order_clause(key: _SortKey) -> Any:
     clause = key.column.desc() if key.desc else key.column.asc()
     # NULLs sort last in both directions on every backend, so keyset pages agree with ORDER BY.
-    return clause.nulls_last() if key.nullable else clause
+    return nulls_last(clause) if key.nullable else clause
 
 
 def _keyset_after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
@@ -701,10 +703,10 @@ async def _execute(db: Any, stmt: Any) -> list[Any]:
         return result.all()  # type: ignore[no-any-return]
 
 
-def _dialect_name(db: Any) -> str:
+def _dialect_of(db: Any) -> Any:
     if isinstance(db, (Session, AsyncSession)):
-        return str(db.get_bind().dialect.name)
-    return str(db.dialect.name)
+        return db.get_bind().dialect
+    return db.dialect
 
 
 async def _rollback(db: Any) -> None:

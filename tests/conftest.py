@@ -1,6 +1,7 @@
-"""Test backends: SQLite (always) and the real PostgreSQL (required under CI=true).
+"""Test backends: SQLite (always), the real PostgreSQL and MariaDB/MySQL (required under CI=true).
 
-Each test run gets its own PostgreSQL schema, so concurrent runs on one server don't collide.
+Each test run gets its own PostgreSQL schema and its own MariaDB database, so concurrent runs on
+one server don't collide.
 Async engines use NullPool: every connection belongs to the event loop of the test using it.
 """
 
@@ -23,6 +24,11 @@ from sqlalchemy.pool import NullPool
 from tests import shop
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+MYSQL_DRIVERS = {"sync": "pymysql", "async": "aiomysql"}
+# MariaDB's default collation, named so every server folds the same way: case, accents and
+# trailing spaces (what the exact-comparison tests attack, and the differential oracle models).
+MYSQL_COLLATION = "utf8mb4_general_ci"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -45,6 +51,30 @@ def _pg_reason() -> str | None:
 
 _PG_REASON = _pg_reason()
 
+
+def mysql_url(driver: str, database: str | None = None) -> URL:
+    """The MariaDB/MySQL server (ORMAI_TEST_MYSQL_URL), through `driver` (pymysql or aiomysql)."""
+    url = make_url(os.environ.get("ORMAI_TEST_MYSQL_URL", DEFAULT_MYSQL_URL))
+    backend = url.get_backend_name()  # "mysql" or "mariadb": both name the same dialect
+    url = url.set(drivername=f"{backend}+{driver}")
+    return url.set(database=database) if database is not None else url
+
+
+def _mysql_reason() -> str | None:
+    """None when MariaDB/MySQL answers; otherwise why not."""
+    try:
+        engine = create_engine(mysql_url("pymysql"), poolclass=NullPool, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        where = mysql_url("pymysql").render_as_string(hide_password=True)
+        return f"MariaDB/MySQL is not reachable at {where}: {type(exc).__name__}"
+
+
+_MYSQL_REASON = _mysql_reason()
+
 # Under CI the property tests draw the same examples every run: a red build is reproducible, never
 # a coin toss. Locally they explore new examples each run.
 settings.register_profile("ci", derandomize=True, database=None)
@@ -53,7 +83,12 @@ if IN_CI:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return "postgresql: " + ("available" if _PG_REASON is None else f"UNAVAILABLE ({_PG_REASON})")
+    return "\n".join(
+        [
+            "postgresql: " + ("available" if _PG_REASON is None else f"UNAVAILABLE ({_PG_REASON})"),
+            "mysql: " + ("available" if _MYSQL_REASON is None else f"UNAVAILABLE ({_MYSQL_REASON})"),
+        ]
+    )
 
 
 def require_postgres() -> None:
@@ -63,6 +98,15 @@ def require_postgres() -> None:
     if IN_CI:
         pytest.fail(f"CI=true requires PostgreSQL: {_PG_REASON}")
     pytest.skip(_PG_REASON)
+
+
+def require_mysql() -> None:
+    """Skip (locally) or fail (under CI=true) when MariaDB/MySQL is down."""
+    if _MYSQL_REASON is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true requires MariaDB/MySQL: {_MYSQL_REASON}")
+    pytest.skip(_MYSQL_REASON)
 
 
 @dataclass
@@ -76,6 +120,10 @@ class Backend:
     @property
     def is_postgres(self) -> bool:
         return self.name == "postgres"
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.name == "mysql"
 
     def session(self) -> Session:
         return Session(self.sync_engine)
@@ -95,6 +143,8 @@ def make_backend(name: str, tmp_dir: Any) -> tuple[Backend, Any]:
             sync_engine.dispose()
 
         return Backend(name, sync_engine, async_engine), cleanup
+    if name == "mysql":
+        return _mysql_backend()
     require_postgres()
     schema = f"ormai_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(pg_url("psycopg"), poolclass=NullPool)
@@ -145,3 +195,21 @@ def empty_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Bac
     backend, cleanup = make_backend(getattr(request, "param", "sqlite"), tmp_path)
     yield backend
     cleanup()
+
+
+def _mysql_backend() -> tuple[Backend, Any]:
+    require_mysql()
+    database = f"ormai_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(mysql_url("pymysql"), poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE {MYSQL_COLLATION}"))
+    sync_engine = create_engine(mysql_url(MYSQL_DRIVERS["sync"], database))
+    async_engine = create_async_engine(mysql_url(MYSQL_DRIVERS["async"], database), poolclass=NullPool)
+
+    def cleanup() -> None:
+        sync_engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
+        admin.dispose()
+
+    return Backend("mysql", sync_engine, async_engine), cleanup

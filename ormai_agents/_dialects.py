@@ -1,0 +1,273 @@
+"""What each database can do, in one place: the rest of the package asks here, never `dialect.name`.
+
+Statements are built once per principal and cached, so they must not depend on the database
+they will run on. Where the SQL differs between databases, the statement holds a construct from
+this module (`exact_equals`, `nulls_last`) that SQLAlchemy renders for each dialect when the
+statement is compiled, from the capabilities below.
+
+Exact text comparison: a collation may fold case (`'ACME' = 'acme'`), accents (`'acmé' =
+'acme'`) and trailing spaces (PAD SPACE: `'acme ' = 'acme'`). MySQL and MariaDB fold all three
+by default; PostgreSQL and SQLite fold when a column declares such a collation. Scope and
+row-policy comparisons must not fold, so they compare the bytes of the text as well:
+
+    tenant_id = :v AND <bytes of tenant_id> = <bytes of :v>
+
+The first conjunct is what the scope column's index serves (under any collation, identical
+strings are equal, so it never loses a row); the second keeps only the exact matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, bindparam, false, func, text, true
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import CompileError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+__all__ = [
+    "Capabilities",
+    "capabilities",
+    "exact_compare",
+    "exact_equals",
+    "exact_in",
+    "is_text",
+    "nulls_last",
+    "time_budget",
+]
+
+TimeBudget = Literal["statement_timeout", "max_statement_time", "max_execution_time"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What one database supports, as the toolset uses it."""
+
+    name: str  # "sqlite", "postgresql", "mysql" or "mariadb"
+    # RETURNING usable for the write path's check. SQLite has RETURNING, but 3.40 evaluates
+    # `col IS NULL` wrongly inside it, so the row is re-selected instead.
+    insert_returning: bool
+    update_returning: bool
+    delete_returning: bool
+    nulls_last: bool  # ORDER BY ... NULLS LAST natively; otherwise emulated with `x IS NULL, x`
+    locking_reads: bool  # SELECT ... FOR UPDATE / FOR SHARE (LOCK IN SHARE MODE) hold row locks
+    savepoints: bool
+    row_level_security: bool  # CREATE POLICY: `Toolset(rls=True)` and `ormai_agents.rls`
+    exact_text: str | None  # how the bytes of a text expression are written; `{}` is the expression
+    time_budget: TimeBudget | None  # the server setting that bounds one statement's run time
+
+
+_SQLITE = Capabilities(
+    name="sqlite",
+    insert_returning=False,
+    update_returning=False,
+    delete_returning=False,
+    nulls_last=True,
+    locking_reads=False,  # the whole database is locked by the write transaction instead
+    savepoints=True,
+    row_level_security=False,
+    exact_text="CAST({} AS BLOB)",
+    time_budget=None,
+)
+_POSTGRESQL = Capabilities(
+    name="postgresql",
+    insert_returning=True,
+    update_returning=True,
+    delete_returning=True,
+    nulls_last=True,
+    locking_reads=True,
+    savepoints=True,
+    row_level_security=True,
+    # convert_to is exact whatever the column's type or collation (citext, nondeterministic ICU).
+    exact_text="convert_to({}, 'UTF8')",
+    time_budget="statement_timeout",
+)
+# CONVERT first: the column's character set may differ from the connection's.
+_MYSQL_BYTES = "CAST(CONVERT({} USING utf8mb4) AS BINARY)"
+
+
+@lru_cache(maxsize=64)
+def _mysql(mariadb: bool, version: tuple[int, ...]) -> Capabilities:
+    return Capabilities(
+        name="mariadb" if mariadb else "mysql",
+        # MariaDB 10.5 has INSERT/DELETE ... RETURNING; neither has UPDATE ... RETURNING.
+        insert_returning=mariadb and version >= (10, 5),
+        update_returning=False,
+        delete_returning=mariadb and version >= (10, 5),
+        nulls_last=False,
+        locking_reads=True,
+        savepoints=True,
+        row_level_security=False,
+        exact_text=_MYSQL_BYTES,
+        time_budget="max_statement_time" if mariadb else "max_execution_time",
+    )
+
+
+def _unknown(name: str) -> Capabilities:
+    return Capabilities(
+        name=name,
+        insert_returning=False,
+        update_returning=False,
+        delete_returning=False,
+        nulls_last=True,
+        locking_reads=True,
+        savepoints=True,
+        row_level_security=False,
+        exact_text=None,  # refused when a statement needs it: never a silently folding comparison
+        time_budget=None,
+    )
+
+
+def capabilities(dialect: Dialect) -> Capabilities:
+    """The capabilities of a (connected) dialect: `engine.dialect`, `connection.dialect`."""
+    name = dialect.name
+    if name == "sqlite":
+        return _SQLITE
+    if name == "postgresql":
+        return _POSTGRESQL
+    if name in ("mysql", "mariadb"):
+        mariadb = bool(getattr(dialect, "is_mariadb", False)) or name == "mariadb"
+        return _mysql(mariadb, tuple(getattr(dialect, "server_version_info", None) or ()))
+    return _unknown(name)
+
+
+# --- exact text comparison ----------------------------------------------------------------
+
+
+class _Bytes(FunctionElement[bytes]):
+    """The bytes of a text expression (rendered per dialect from `Capabilities.exact_text`)."""
+
+    inherit_cache = True
+    name = "ormai_bytes"
+    type = sqltypes.LargeBinary()
+
+
+@compiles(_Bytes)
+def _compile_bytes(element: _Bytes, compiler: Any, **kw: Any) -> str:
+    template = capabilities(compiler.dialect).exact_text
+    if template is None:
+        raise CompileError(
+            f"ormai-agents compares scope and row-policy text exactly, which it can't do on "
+            f"{compiler.dialect.name}; supported databases: SQLite, PostgreSQL, MySQL and MariaDB"
+        )
+    return template.format(compiler.process(element.clauses, **kw))
+
+
+def is_text(column: Any) -> bool:
+    """Whether comparisons on `column` are subject to a collation (string types)."""
+    return isinstance(getattr(column, "type", None), sqltypes.String)
+
+
+def _bind(column: Any, value: Any) -> Any:
+    if isinstance(value, ColumnElement):
+        return value
+    return bindparam(None, value, type_=column.type, unique=True)
+
+
+def exact_equals(column: Any, value: Any) -> ColumnElement[bool]:
+    """`column = value`, exact for text whatever the collation, and still served by an index on
+    `column`. `value` is a Python value (bound) or another column."""
+    if not is_text(column):
+        return column == value  # type: ignore[no-any-return]
+    bound = _bind(column, value)
+    return and_(column == bound, _Bytes(column) == _Bytes(bound))
+
+
+def exact_in(column: Any, values: Sequence[Any], negated: bool = False) -> ColumnElement[bool]:
+    """`column IN (values)` (or NOT IN), exact for text. An empty list matches no row (IN) or
+    every row (NOT IN)."""
+    if not values:
+        return true() if negated else false()
+    if not is_text(column):
+        return column.not_in(values) if negated else column.in_(values)  # type: ignore[no-any-return]
+    binds = [_bind(column, v) for v in values]
+    exact = _Bytes(column).in_([_Bytes(b) for b in binds])
+    if negated:
+        return ~exact
+    return and_(column.in_(binds), exact)
+
+
+def exact_compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+    """`column <op> value` for `= != < <= > >=`; text is compared by its bytes (code point order
+    for UTF-8), never by a collation's folding."""
+    if op == "=":
+        return exact_equals(column, value)
+    if is_text(column):
+        left: Any = _Bytes(column)
+        right: Any = _Bytes(_bind(column, value))
+    else:
+        left, right = column, value
+    if op == "!=":
+        return left != right  # type: ignore[no-any-return]
+    if op == "<":
+        return left < right  # type: ignore[no-any-return]
+    if op == "<=":
+        return left <= right  # type: ignore[no-any-return]
+    if op == ">":
+        return left > right  # type: ignore[no-any-return]
+    if op == ">=":
+        return left >= right  # type: ignore[no-any-return]
+    raise ValueError(op)
+
+
+# --- ORDER BY ... NULLS LAST ----------------------------------------------------------------
+
+
+class _NullsLast(FunctionElement[Any]):
+    """An ORDER BY item (`col.asc()` / `col.desc()`) with NULLs after every value."""
+
+    inherit_cache = True
+    name = "ormai_nulls_last"
+
+
+@compiles(_NullsLast)
+def _compile_nulls_last(element: _NullsLast, compiler: Any, **kw: Any) -> str:
+    (order,) = element.clauses.clauses
+    if capabilities(compiler.dialect).nulls_last:
+        return str(compiler.process(order.nulls_last(), **kw))
+    # `x IS NULL` is 0 for values and 1 for NULLs: NULLs sort after every value, either direction.
+    column = order.element
+    return f"{compiler.process(column.is_(None), **kw)}, {compiler.process(order, **kw)}"
+
+
+def nulls_last(order: Any) -> Any:
+    """`order` (a `col.asc()` or `col.desc()`) with NULLs last on every database."""
+    return _NullsLast(order)
+
+
+# --- a time budget per statement ------------------------------------------------------------
+
+
+def time_budget(dialect: Dialect, seconds: float) -> tuple[Any, Any] | None:
+    """Statements that bound every following statement's run time on this connection, and that
+    lift the bound again: `(set, reset)`, or None when the database has no such setting.
+
+    PostgreSQL's setting is local to the transaction (the reset is a no-op then); MySQL's and
+    MariaDB's belong to the session, so the reset must run before the connection goes back to
+    the pool. A statement over budget fails with a database error mapped by `_dberrors`.
+    """
+    if seconds <= 0:
+        raise ValueError("a time budget must be positive")
+    kind = capabilities(dialect).time_budget
+    if kind == "statement_timeout":
+        ms = str(max(1, int(seconds * 1000)))
+        return (
+            func.set_config("statement_timeout", ms, True).select(),
+            func.set_config("statement_timeout", "0", True).select(),
+        )
+    if kind == "max_statement_time":  # MariaDB, in seconds (fractions allowed)
+        return (
+            text("SET SESSION max_statement_time = :s").bindparams(s=float(seconds)),
+            text("SET SESSION max_statement_time = DEFAULT"),
+        )
+    if kind == "max_execution_time":  # MySQL, in milliseconds, SELECT statements only
+        return (
+            text("SET SESSION max_execution_time = :ms").bindparams(ms=max(1, int(seconds * 1000))),
+            text("SET SESSION max_execution_time = DEFAULT"),
+        )
+    return None
