@@ -6,10 +6,11 @@ imported only when used: importing this package pulls in neither framework.
 
 from ormai_agents.core import (
     AccessDeniedError,
+    AggregateResult,
     ApprovalError,
     ApprovalRequiredError,
     AuditUnavailableError,
-    AggregateResult,
+    CallTimeoutError,
     DatabaseError,
     FieldNotAllowedError,
     GetResult,
@@ -44,10 +45,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "AggregateResult",
     "ApprovalError",
     "ApprovalRequiredError",
     "AuditUnavailableError",
-    "AggregateResult",
+    "CallTimeoutError",
     "DatabaseError",
     "FieldAction",
     "FieldNotAllowedError",

@@ -121,6 +121,12 @@ class WriteOutcomeUnknownError(DatabaseError):
     code = "write_outcome_unknown"
 
 
+class CallTimeoutError(DatabaseError):
+    """The call's statements ran past the policy's time budget (`call_timeout_seconds`) and were interrupted."""
+
+    code = "timeout"
+
+
 class IntegrityConstraintError(DatabaseError):
     """A write broke a database constraint (unique, foreign key, not null, check)."""
 
@@ -132,6 +138,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalRequiredError",
     "AuditUnavailableError",
+    "CallTimeoutError",
     "DatabaseError",
     "FieldNotAllowedError",
     "IntegrityConstraintError",

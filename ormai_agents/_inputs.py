@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -18,6 +19,7 @@ from sqlalchemy import ColumnElement
 from ormai_agents._errors import FieldNotAllowedError, ValidationError
 from ormai_agents._operations import FILTER_OPERATORS, FILTER_OPS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo
+from ormai_agents.policy import Policy
 
 MAX_FILTERS = 50
 MAX_IN_VALUES = 500
@@ -36,6 +38,63 @@ class FilterSpec(BaseModel):
 
 
 _FILTERS = TypeAdapter(list[FilterSpec])
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The policy's bounds on the shape of a call's arguments."""
+
+    depth: int
+    list_length: int
+    string_length: int
+    values: int
+
+    @classmethod
+    def of(cls, policy: Policy) -> Bounds:
+        return cls(policy.max_argument_depth, policy.max_list_length, policy.max_string_length,
+                   policy.max_argument_values)  # fmt: skip
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def check_bounds(arguments: Mapping[str, Any], bounds: Bounds) -> dict[str, str]:
+    """The arguments that break `bounds`, each with what is wrong (empty when all fit).
+
+    Iterative, so no value is deep enough to exhaust the interpreter's stack, and it stops at the
+    first problem of each argument, so no value is big enough to make it slow.
+    """
+    problems: dict[str, str] = {}
+    budget = bounds.values
+    for name, value in arguments.items():
+        if isinstance(value, _SCALARS):
+            budget -= 1
+            continue
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            budget -= 1
+            if budget < 0:
+                problems[name] = f"the arguments hold too many values (at most {bounds.values} in one call)"
+                return problems
+            if isinstance(item, (str, bytes, bytearray)):
+                if len(item) > bounds.string_length:
+                    problems[name] = f"argument {name} holds a text longer than {bounds.string_length} characters"
+                    break
+            elif isinstance(item, (Mapping, list, tuple, set, frozenset)):
+                if len(item) > bounds.list_length:
+                    problems[name] = f"argument {name} holds a list or object with more than {bounds.list_length} entries"
+                    break
+                if item and depth >= bounds.depth:
+                    problems[name] = f"argument {name} is nested more than {bounds.depth} levels deep"
+                    break
+                if isinstance(item, Mapping):
+                    for key, child in item.items():
+                        stack.append((key, depth + 1))
+                        stack.append((child, depth + 1))
+                else:
+                    stack.extend((child, depth + 1) for child in item)
+    return problems
 
 
 def _names(names: list[str]) -> str:
@@ -101,9 +160,18 @@ def _filter_field(plan: ModelPlan, name: str, position: int) -> FieldInfo:
 
 def _coerce(info: FieldInfo, value: Any, position: int) -> Any:
     try:
-        return info.coerce(value)
+        out = info.coerce(value)
     except ValueError as exc:
         raise ValidationError(f"Filter {position} on {info.name!r}: {exc}") from None
+    if info.max_text is not None and isinstance(out, str):
+        _check_text(info, out, position)
+    return out
+
+
+def _check_text(info: FieldInfo, value: str, position: int) -> None:
+    # A longer value can't match the column, and a long LIKE pattern costs the database dearly.
+    if len(value) > info.max_text:  # type: ignore[operator]
+        raise ValidationError(f"Filter {position} on {info.name!r}: text values are at most {info.max_text} characters")
 
 
 def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnElement[bool], Any]:
@@ -134,6 +202,7 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
             raise ValidationError(f"Filter {i}: {op} applies to text fields only")
         if not isinstance(value, str) or "\x00" in value:
             raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
+        _check_text(info, value, i)
     else:
         value = _coerce(info, value, i)
     return operator.clause(info.column, value), value

@@ -42,6 +42,8 @@ class FieldInfo:
     coerce: Callable[[Any], Any]
     nullable: bool
     primary_key: bool
+    # Most characters of a text filter value: the column's length, or the policy's maximum.
+    max_text: int | None = None
 
     @property
     def plain(self) -> bool:
@@ -281,6 +283,7 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
             coerce=_types.coercer_for(column.type),
             nullable=bool(column.nullable),
             primary_key=column.primary_key or column.key in pk_names,
+            max_text=_max_text(column, pt, policy.max_filter_text_length),
         )
     pk_columns = list(mapper.primary_key)
     attr_by_column = {columns[k]: k for k in columns}
@@ -346,6 +349,13 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
         bypasses=bypasses,
         max_rows=mp.max_rows or policy.max_rows,
     )
+
+
+def _max_text(column: Any, pt: type | None, policy_max: int) -> int | None:
+    if not _types.is_text(pt):
+        return None
+    length = getattr(column.type, "length", None)
+    return min(length, policy_max) if isinstance(length, int) and length > 0 else policy_max
 
 
 def _relations(plan: ModelPlan, plans: dict[str, ModelPlan]) -> dict[str, RelationInfo]:

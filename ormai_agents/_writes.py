@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, and_, delete, insert, true, tuple_, update
 from sqlalchemy import select as sql_select
 from sqlalchemy import types as sqltypes
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from ormai_agents import _inputs, _types
+from ormai_agents._budget import Interruptible
 from ormai_agents._context import Principal
 from ormai_agents._dberrors import map_db_errors, retrying
 from ormai_agents._dialects import capabilities, exact_equals
@@ -403,6 +404,9 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     )
     check_failed = WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
 
+    def run(stmt: Any) -> Awaitable[Any]:
+        return _run(db, stmt, call.deadline)
+
     def by_key(key: Any) -> list[Any]:
         return [c == v for c, v in zip(plan.pk_columns, key)]
 
@@ -415,13 +419,13 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         return {plan.columns[k]: v for k, v in values.items()}
 
     if change.op == "create":
-        await _check_references(toolset, wplan, change.values, principal, db)
+        await _check_references(toolset, wplan, change.values, principal, run)
         stmt = insert(table).values(values_of(wplan.auto_create))
         if caps.insert_returning:
-            rows = (await _run(db, stmt.returning(*columns, check))).all()
+            rows = (await run(stmt.returning(*columns, check))).all()
         else:
-            key = list((await _run(db, stmt)).inserted_primary_key or ())
-            rows = (await _run(db, snapshot(*by_key(key)))).all() if key and None not in key else []
+            key = list((await run(stmt)).inserted_primary_key or ())
+            rows = (await run(snapshot(*by_key(key)))).all() if key and None not in key else []
         if not rows or not rows[0][width]:
             raise check_failed
         call.after = shape(rows[0])
@@ -432,10 +436,10 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         match = by_key(change.key)
         stmt = delete(table).where(*match, *where.write_clauses)
         if caps.delete_returning:
-            rows = (await _run(db, stmt.returning(*columns))).all()
+            rows = (await run(stmt.returning(*columns))).all()
         else:
-            rows = (await _run(db, snapshot(*match, lock=True))).all()
-            if rows and (await _run(db, stmt)).rowcount != 1:
+            rows = (await run(snapshot(*match, lock=True))).all()
+            if rows and (await run(stmt)).rowcount != 1:
                 rows = []
         if not rows:
             raise not_found
@@ -446,19 +450,19 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     if change.op == "update":
         match = by_key(change.key)
         # The before snapshot is for the audit record only; the UPDATE decides by its own WHERE.
-        before = (await _run(db, snapshot(*match, lock=True))).all()
+        before = (await run(snapshot(*match, lock=True))).all()
         if not before:
             raise not_found
         call.before = shape(before[0])
-        await _check_references(toolset, wplan, change.values, principal, db)
+        await _check_references(toolset, wplan, change.values, principal, run)
         stmt = update(table).where(*match, *where.write_clauses).values(values_of(wplan.auto_update))
         if caps.update_returning:
-            after = (await _run(db, stmt.returning(*columns, check))).all()
+            after = (await run(stmt.returning(*columns, check))).all()
         else:
-            if (await _run(db, stmt)).rowcount != 1:
+            if (await run(stmt)).rowcount != 1:
                 raise not_found
             # Updated but no longer visible under the policy: the check fails.
-            after = (await _run(db, snapshot(*match))).all() or [(*before[0][:width], False)]
+            after = (await run(snapshot(*match))).all() or [(*before[0][:width], False)]
         if not after:
             raise not_found
         if not after[0][width]:
@@ -478,7 +482,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         .limit(limit + 1)
         .with_for_update()
     )
-    before = (await _run(db, stmt)).all()
+    before = (await run(stmt)).all()
     if len(before) > limit:
         raise ValidationError(
             f"This bulk_update would change more than {limit} {plan.name} records, the most one call may "
@@ -495,14 +499,14 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         if len(plan.pk_columns) == 1
         else tuple_(*plan.pk_columns).in_(keys)
     )
-    await _check_references(toolset, wplan, change.values, principal, db)
+    await _check_references(toolset, wplan, change.values, principal, run)
     stmt = update(table).where(in_keys, *where.write_clauses, *change.filters).values(values_of(wplan.auto_update))
     if caps.update_returning:
-        after = (await _run(db, stmt.returning(*columns, check))).all()
+        after = (await run(stmt.returning(*columns, check))).all()
         count = len(after)
     else:
-        count = (await _run(db, stmt)).rowcount
-        after = (await _run(db, snapshot(in_keys))).all()
+        count = (await run(stmt)).rowcount
+        after = (await run(snapshot(in_keys))).all()
         if len(after) < count:
             after = []  # some updated rows are no longer visible
     if count != len(keys):
@@ -516,7 +520,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
 
 
 async def _check_references(
-    toolset: Toolset, wplan: WritePlan, values: Mapping[str, Any], principal: Principal, db: Any
+    toolset: Toolset, wplan: WritePlan, values: Mapping[str, Any], principal: Principal, run: Callable[[Any], Awaitable[Any]]
 ) -> None:
     """A foreign key the agent sets must point at a row the principal may see.
 
@@ -537,7 +541,7 @@ async def _check_references(
             .limit(1)
             .with_for_update(read=True)
         )
-        if not (await _run(db, stmt)).all():
+        if not (await run(stmt)).all():
             raise ValidationError(
                 f"data.{name}: no {target.name} with that id is visible to you. Nothing was written. "
                 f"Use query on {target.name} to find one."
@@ -562,13 +566,18 @@ async def _dialect(db: Any) -> Any:
     return db.dialect
 
 
-async def _run(db: Any, stmt: Any) -> Any:
+async def _run(db: Any, stmt: Any, deadline: float | None) -> Any:
     with map_db_errors("write"):
         if isinstance(db, AsyncSession):
-            return await (await db.connection()).execute(stmt)
+            aconn = await db.connection()
+            with Interruptible(aconn.sync_connection, deadline):
+                return await aconn.execute(stmt)
         if isinstance(db, Session):
-            return db.connection().execute(stmt)
-        return await _aw(db.execute(stmt))
+            conn = db.connection()
+            with Interruptible(conn, deadline):
+                return conn.execute(stmt)
+        with Interruptible(getattr(db, "sync_connection", db), deadline):
+            return await _aw(db.execute(stmt))
 
 
 async def _quiet_rollback(tx: Any) -> None:
@@ -654,12 +663,12 @@ __all__ = [
     "OPERATIONS",
     "WritePlan",
     "build_write_plans",
-    "refusals",
-    "writable_fields",
     "execute_approved",
     "normalize_arguments",
     "parse_change",
     "perform",
     "precheck",
+    "refusals",
+    "writable_fields",
     "write_action",
 ]

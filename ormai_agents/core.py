@@ -6,6 +6,7 @@ from ormai_agents._errors import (
     ApprovalError,
     ApprovalRequiredError,
     AuditUnavailableError,
+    CallTimeoutError,
     DatabaseError,
     FieldNotAllowedError,
     IntegrityConstraintError,
@@ -19,14 +20,21 @@ from ormai_agents._errors import (
     WriteNotAllowedError,
     WriteOutcomeUnknownError,
 )
-from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
+from ormai_agents._results import (
+    AggregateResult,
+    GetResult,
+    QueryResult,
+    SchemaResult,
+    WriteResult,
+)
 
 __all__ = [
     "AccessDeniedError",
+    "AggregateResult",
     "ApprovalError",
     "ApprovalRequiredError",
     "AuditUnavailableError",
-    "AggregateResult",
+    "CallTimeoutError",
     "DatabaseError",
     "FieldNotAllowedError",
     "GetResult",

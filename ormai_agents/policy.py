@@ -159,6 +159,20 @@ class Policy(_Strict):
     max_rows: int = Field(default=100, ge=1, le=10_000)
     # How many relationship hops `include` may follow ("customer.orders" is two).
     max_include_depth: int = Field(default=1, ge=0, le=5)
+    # Bounds on every argument of every call, checked before anything else (a refusal is a
+    # ValidationError, and audited): nesting depth, entries of one list or object, characters of
+    # one string, and values in all of a call's arguments together.
+    max_argument_depth: int = Field(default=16, ge=2, le=64)
+    max_list_length: int = Field(default=1000, ge=1, le=100_000)
+    max_string_length: int = Field(default=65_536, ge=64, le=10_000_000)
+    max_argument_values: int = Field(default=10_000, ge=10, le=1_000_000)
+    # Most characters of a text filter value (also bounded by the column's own length).
+    max_filter_text_length: int = Field(default=1000, ge=1, le=1_000_000)
+    # Most related rows one query or get may return through `include`, over all its levels.
+    max_include_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    # Time budget of one call's statements, in seconds; None for no budget. A statement still
+    # running when it is spent is interrupted and the call fails with `CallTimeoutError`.
+    call_timeout_seconds: float | None = Field(default=30.0, gt=0, le=86_400)
     # Input keys whose values never reach an audit record (matched case-insensitively, as
     # substrings), on top of values on fields that are not plainly allowed.
     redact_keys: list[str] = Field(

@@ -8,8 +8,8 @@ import inspect
 import logging
 import os
 import time
-from contextvars import ContextVar
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, tuple_
@@ -17,8 +17,9 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from ormai_agents import _inputs, _writes
+from ormai_agents import _budget, _inputs, _writes
 from ormai_agents import rls as _rls
+from ormai_agents._budget import Interruptible
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._cursor import CursorCodec, derive_key
 from ormai_agents._dberrors import map_db_errors, retrying
@@ -26,7 +27,6 @@ from ormai_agents._dialects import capabilities, nulls_last
 from ormai_agents._errors import (
     AuditUnavailableError,
     DatabaseError,
-    FieldNotAllowedError,
     InvalidCursorError,
     ModelNotAllowedError,
     OrmAIError,
@@ -38,7 +38,13 @@ from ormai_agents._errors import (
 from ormai_agents._operations import AGGREGATE_FUNCTIONS, READ_OPERATIONS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_plans
 from ormai_agents._redact import redact_inputs
-from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
+from ormai_agents._results import (
+    AggregateResult,
+    GetResult,
+    QueryResult,
+    SchemaResult,
+    WriteResult,
+)
 from ormai_agents._types import is_numeric, json_schema_for
 from ormai_agents.approvals import ApprovalGate, ApprovalStore, MemoryApprovalStore
 from ormai_agents.audit import AuditRecord, AuditStore, deliver
@@ -52,6 +58,7 @@ _DENIED_CODES = {
 }  # fmt: skip
 _READ_TOOLS = frozenset(READ_OPERATIONS)
 _READ_RETRIES = 3  # attempts after the first failure
+_OUT_OF_BOUNDS = "[not recorded: beyond the argument bounds]"
 
 
 class Toolset:
@@ -103,6 +110,7 @@ class Toolset:
         self._hash_key = derive_key(secret, "hash-field")
         self._principal_ids: dict[Principal, str] = {}
         self._redact_keys = tuple(policy.redact_keys)
+        self._bounds = _inputs.Bounds.of(policy)
         self._approvals = ApprovalGate(self.approval_store, derive_key(secret, "approval"))
         self._row_shapers: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], dict[str, Any]]] = {}
         if not isinstance(rls, bool):
@@ -341,12 +349,15 @@ class Toolset:
         """
         db = ctx.db
         call = _ACTIVE_CALL.get()
-        if call is not None and call.ctx is ctx and call.opened is not None:
+        if call is not None and call.ctx is not ctx:
+            call = None
+        deadline = call.deadline if call is not None else None
+        if call is not None and call.opened is not None:
             fresh = call.opened  # the call's row-level security settings began the transaction
         else:
             fresh = not db.in_transaction()
         try:
-            return await _execute(db, stmt)
+            return await _execute(db, stmt, deadline)
         except TransientDatabaseError:
             if not fresh:
                 raise
@@ -361,7 +372,7 @@ class Toolset:
                 await _rollback(db)
                 if self._rls_paths is not None:
                     await self._set_rls(ctx)  # the rollback discarded them
-                return await _execute(db, stmt)
+                return await _execute(db, stmt, deadline)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _set_rls(self, ctx: RunContext) -> None:
@@ -424,11 +435,17 @@ class Toolset:
         rows: list[Any],
         out: list[dict[str, Any]],
         offset: int,
-    ) -> None:
+    ) -> list[int]:
         """Fill included relationships into `out`, one statement per relationship and level.
 
         The related model's own policy applies: its scoping, row policies and field actions.
+        Returns how many related rows each item of `out` now carries, at every level. The whole
+        result may carry at most `max_include_rows` of them (a row included under several parents
+        counts each time, as the agent receives it): beyond that the call fails, since a cut list
+        would mislead the agent.
         """
+        limit = self.policy.max_include_rows
+        weights = [0] * len(out)
         for rel_name, (rel, subtree) in tree.items():
             width = len(rel.pairs)
             parent_keys = [tuple(row[offset + i] for i in range(width)) for row in rows]
@@ -438,7 +455,7 @@ class Toolset:
             names = list(target.fields)
             remote = [target.columns[r] for _, r in rel.pairs]
             keys = {k for k in parent_keys if None not in k}
-            found: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+            found: dict[tuple[Any, ...], list[tuple[dict[str, Any], int]]] = {}
             if keys:
                 cols = [target.fields[n].column.label(n) for n in names]
                 cols += [c.label(f"_r{i}") for i, c in enumerate(remote)]
@@ -450,16 +467,25 @@ class Toolset:
                         func.row_number().over(partition_by=remote, order_by=target.pk_columns).label("_rn")
                     ).subquery()
                     stmt = sql_select(*(c for c in ranked.c if c.key != "_rn")).where(ranked.c._rn <= target.max_rows)
-                related = await self._fetch(ctx, stmt)
+                # Every row fetched is returned at least once: more than the limit can't fit.
+                related = await self._fetch(ctx, stmt.limit(limit + 1))
+                if len(related) > limit:
+                    raise _too_many_included(limit)
                 shape = self._shaper(target, names)
                 shaped = [shape(r) for r in related]
-                if subtree:
-                    await self._attach(ctx, target, subtree, related, shaped, len(names) + width)
-                for r, item in zip(related, shaped):
-                    found.setdefault(tuple(r[len(names) + i] for i in range(width)), []).append(item)
-            for item, key in zip(out, parent_keys):
+                sub = await self._attach(ctx, target, subtree, related, shaped, len(names) + width) if subtree else None
+                for j, (r, item) in enumerate(zip(related, shaped)):
+                    key = tuple(r[len(names) + i] for i in range(width))
+                    found.setdefault(key, []).append((item, sub[j] if sub else 0))
+            for i, (item, key) in enumerate(zip(out, parent_keys)):
                 matches = found.get(key, [])
-                item[rel_name] = matches if rel.many else (matches[0] if matches else None)
+                if not rel.many:
+                    matches = matches[:1]
+                weights[i] += sum(1 + w for _, w in matches)
+                item[rel_name] = [m for m, _ in matches] if rel.many else (matches[0][0] if matches else None)
+            if sum(weights) > limit:
+                raise _too_many_included(limit)
+        return weights
 
     def _describe(self, plan: ModelPlan) -> dict[str, Any]:
         fields: dict[str, Any] = {}
@@ -502,8 +528,21 @@ class _Call:
     """Times one toolset call and writes its audit record, whatever the outcome."""
 
     __slots__ = (
-        "toolset", "ctx", "tool", "model", "inputs", "plan", "where", "row_count", "started", "before", "after",
-        "opened", "_token", "recorded",
+        "_token",
+        "after",
+        "before",
+        "ctx",
+        "deadline",
+        "inputs",
+        "model",
+        "opened",
+        "plan",
+        "recorded",
+        "row_count",
+        "started",
+        "tool",
+        "toolset",
+        "where",
     )  # fmt: skip
 
     def __init__(self, toolset: Toolset, ctx: RunContext, tool: str, model: Any, inputs: dict[str, Any]) -> None:
@@ -522,6 +561,7 @@ class _Call:
         self.opened: bool | None = None  # with rls: whether setting it began the transaction
         self._token: Any = None
         self.recorded = False
+        self.deadline: float | None = None
 
     async def audit_now(self) -> None:
         """Store the success record now, inside a write's transaction: when it can't be stored
@@ -538,16 +578,26 @@ class _Call:
 
     async def __aenter__(self) -> _Call:
         self.started = time.perf_counter()
+        self.deadline = _budget.deadline(self.toolset.policy.call_timeout_seconds)
         self._token = _ACTIVE_CALL.set(self)
-        # Before the call's first statement; `opened` tells reads and writes whether setting them
-        # began the transaction (so it is the call's own to retry and commit).
-        if self.toolset._rls_paths is not None and self.tool != "describe_schema":
-            self.opened = not self.ctx.db.in_transaction()
-            try:
+        try:
+            # Before anything reads them: arguments too deep or too big are refused (and the
+            # refused values are left out of the audit record).
+            problems = _inputs.check_bounds(self.inputs, self.toolset._bounds) if self.inputs else None
+            if problems:
+                self.inputs = {k: (_OUT_OF_BOUNDS if k in problems else v) for k, v in self.inputs.items()}
+                why = "; ".join(problems.values())
+                # A cursor is only ever one the toolset made: too big is simply not one.
+                error = InvalidCursorError if list(problems) == ["cursor"] else ValidationError
+                raise error(f"{why[0].upper()}{why[1:]}. Nothing was run: send smaller arguments.")
+            # Before the call's first statement; `opened` tells reads and writes whether setting
+            # them began the transaction (so it is the call's own to retry and commit).
+            if self.toolset._rls_paths is not None and self.tool != "describe_schema":
+                self.opened = not self.ctx.db.in_transaction()
                 await self.toolset._set_rls(self.ctx)
-            except BaseException as exc:
-                await self.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -663,6 +713,13 @@ def _keyset_after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool
     return or_(*branches) if branches else false()
 
 
+def _too_many_included(limit: int) -> ValidationError:
+    return ValidationError(
+        f"include would return more than {limit} related records in one call. Ask for fewer rows with "
+        "limit, include fewer relationships, or query the related model with filters."
+    )
+
+
 def _relation_key_columns(tree: dict[str, tuple[RelationInfo, dict[str, Any]]]) -> list[Any]:
     out = []
     for rel_name, (rel, _) in tree.items():
@@ -689,18 +746,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-async def _execute(db: Any, stmt: Any) -> list[Any]:
+async def _execute(db: Any, stmt: Any, deadline: float | None = None) -> list[Any]:
     # Core statements go straight to the connection: no ORM compile step on the hot path.
     with map_db_errors("read"):
         if isinstance(db, AsyncSession):
-            result = await (await db.connection()).execute(stmt)
-        elif isinstance(db, Session):
-            result = db.connection().execute(stmt)
-        elif isinstance(db, AsyncConnection):
-            result = await db.execute(stmt)
-        else:
-            result = db.execute(stmt)
-        return result.all()  # type: ignore[no-any-return]
+            aconn = await db.connection()
+            with Interruptible(aconn.sync_connection, deadline):
+                return list((await aconn.execute(stmt)).all())
+        if isinstance(db, AsyncConnection):
+            with Interruptible(db.sync_connection, deadline):
+                return list((await db.execute(stmt)).all())
+        conn = db.connection() if isinstance(db, Session) else db
+        with Interruptible(conn, deadline):
+            return list(conn.execute(stmt).all())
 
 
 def _dialect_of(db: Any) -> Any:

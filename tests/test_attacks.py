@@ -441,7 +441,7 @@ async def test_filters_can_only_narrow_the_scope(toolset: Toolset, shop_db: Any)
 
 async def test_sql_in_values_is_data(toolset: Toolset, shop_db: Any) -> None:
     ctx = RunContext(ACME, shop_db)
-    for value in ("'; DROP TABLE orders; --", "acme' OR '1'='1", "acme\" OR 1=1 --", "x') UNION SELECT password_hash FROM customers --"):
+    for value in ("'; DROP TABLE orders; --", "acme' OR '1'='1", "acme\" OR 1=1 --", "x') UNION SELECT password_hash --"):
         for op in ("eq", "contains", "startswith"):
             assert (await toolset.query(ctx, model="Order", filters=[{"field": "status", "op": op, "value": value}])).rows == []
         await expect(RecordNotFoundError, toolset.get(ctx, model="Tenant", id=value))
