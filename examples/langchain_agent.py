@@ -21,7 +21,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ormai_agents import Principal, Toolset
+from ormai_agents import Principal, Toolset, page_records
 from ormai_agents.audit import MemoryAuditStore
 from ormai_agents.demo import Base, seed_shop
 from ormai_agents.langchain import OrmAIToolkit
@@ -49,7 +49,7 @@ def scripted_brain(messages: list[BaseMessage]) -> AIMessage | str:
         name, args = PLAN[len(done)]
         return AIMessage("", tool_calls=[tool_call(name, args)])
     results = [json.loads(str(m.content)) for m in done]
-    pending = results[1].get("rows", [])
+    pending = page_records(results[1])  # the page's columns and rows, as records
     totals = {g["status"]: g["value"] for g in results[2].get("groups", [])}
     lookup = "visible" if "data" in results[3] else "not visible to you"
     return (

@@ -4,6 +4,7 @@ The framework adapters live in `ormai_agents.langchain` and `ormai_agents.llamai
 imported only when used: importing this package pulls in neither framework.
 """
 
+from ormai_agents._results import page_records
 from ormai_agents.core import (
     AccessDeniedError,
     AggregateResult,
@@ -74,4 +75,5 @@ __all__ = [
     "WriteAction",
     "WritePolicy",
     "WriteResult",
+    "page_records",
 ]

@@ -35,6 +35,9 @@ class FilterSpec(BaseModel):
     field: str = Field(min_length=1, max_length=200)
     op: FilterOp
     value: Any = None
+    # The typed slot for list operators (in, not_in, between), which tool schemas offer beside
+    # `value` so that every operator survives converters that keep one type per node.
+    values: list[Any] | None = None
 
 
 _FILTERS = TypeAdapter(list[FilterSpec])
@@ -179,6 +182,12 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
     operator = FILTER_OPERATORS[spec.op]
     op, value = spec.op, spec.value
     shape = operator.shape
+    if spec.values is not None:
+        if shape not in ("list", "pair"):
+            raise ValidationError(f"Filter {i}: {op} takes value, not values")
+        if value is not None:
+            raise ValidationError(f"Filter {i}: give the list in values or in value, not both")
+        value = spec.values
     if shape == "flag":
         if value is None:
             value = True

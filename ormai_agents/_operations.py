@@ -72,6 +72,7 @@ class Operation:
     name: str
     write: bool
     arguments: tuple[str, ...]
+    required: tuple[str, ...] = ()  # arguments without a default
     by_key: bool = False  # names one record by primary key: needs a plainly readable key
     needs_fields: bool = False  # changes fields: no tool when no field is writable
 
@@ -81,12 +82,12 @@ OPERATIONS: dict[str, Operation] = {
     for op in (
         Operation("describe_schema", False, ()),
         Operation("query", False, ("filters", "select", "order_by", "limit", "cursor", "include")),
-        Operation("get", False, ("id", "select", "include"), by_key=True),
+        Operation("get", False, ("id", "select", "include"), ("id",), by_key=True),
         Operation("aggregate", False, ("function", "field", "filters", "group_by")),
-        Operation("create", True, ("data",)),
-        Operation("update", True, ("id", "data"), by_key=True, needs_fields=True),
-        Operation("delete", True, ("id",), by_key=True),
-        Operation("bulk_update", True, ("filters", "data"), needs_fields=True),
+        Operation("create", True, ("data",), ("data",)),
+        Operation("update", True, ("id", "data"), ("id", "data"), by_key=True, needs_fields=True),
+        Operation("delete", True, ("id",), ("id",), by_key=True),
+        Operation("bulk_update", True, ("filters", "data"), ("filters", "data"), needs_fields=True),
     )
 }
 READ_OPERATIONS: tuple[str, ...] = tuple(n for n, op in OPERATIONS.items() if not op.write)

@@ -15,7 +15,7 @@ from ormai_agents._inputs import FILTER_OPS
 from ormai_agents._plan import ModelPlan
 
 REDACTED = "[REDACTED]"
-_FILTER_KEYS = ("field", "op", "value")
+_FILTER_KEYS = ("field", "op", "value", "values")
 _MAX_NAME = 200
 
 
@@ -94,8 +94,9 @@ def _redact_filter(spec: Any, plain: Callable[[Any], bool], scrub: Callable[[Any
     if "op" in spec:
         op = spec.get("op")
         out["op"] = op if isinstance(op, str) and op in FILTER_OPS else REDACTED
-    if "value" in spec:
-        out["value"] = scrub(spec["value"]) if plain(field) else REDACTED
+    for key in ("value", "values"):
+        if key in spec:
+            out[key] = scrub(spec[key]) if plain(field) else REDACTED
     extra = [k for k in spec if k not in _FILTER_KEYS]
     if extra:
         out["unknown_keys"] = len(extra)  # how many, never their names or values

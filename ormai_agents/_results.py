@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,4 +67,18 @@ class SchemaResult:
         return {"models": self.models}
 
 
-__all__ = ["AggregateResult", "GetResult", "QueryResult", "SchemaResult", "WriteResult"]
+def page_records(page: str | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The records of a query page as a tool returned it to the model (its JSON text or the
+    parsed object): `columns` and `rows` zipped, with `same_for_all_rows` added to each."""
+    if isinstance(page, str):
+        page = json.loads(page)
+    if not isinstance(page, Mapping) or not isinstance(page.get("rows"), list):
+        raise TypeError("not a query page: expected an object with rows")
+    if "columns" not in page:
+        return [dict(r) for r in page["rows"]]
+    same = dict(page.get("same_for_all_rows") or {})
+    columns = list(page["columns"])
+    return [{**same, **dict(zip(columns, row))} for row in page["rows"]]
+
+
+__all__ = ["AggregateResult", "GetResult", "QueryResult", "SchemaResult", "WriteResult", "page_records"]

@@ -128,7 +128,10 @@ def json_schema_for(pt: type | None, column_type: sqltypes.TypeEngine[Any] | Non
     if pt is None:
         return {}
     if issubclass(pt, enum.Enum):
-        return {"enum": [m.value for m in pt]}
+        values = [m.value for m in pt]
+        kinds = {json_type_name(type(v)) for v in values}
+        # Strict schema dialects want a type on every node.
+        return {"type": kinds.pop() if len(kinds) == 1 else "string", "enum": values}
     if isinstance(column_type, sqltypes.Enum) and column_type.enums:
         return {"type": "string", "enum": list(column_type.enums)}
     if issubclass(pt, bool):

@@ -27,6 +27,7 @@ from sqlalchemy import DateTime, ForeignKey, Numeric, String, Text, create_engin
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ormai_agents._context import Principal
+from ormai_agents._results import page_records
 from ormai_agents.audit import AuditRecord, MemoryAuditStore
 from ormai_agents.policy import FieldAction, FieldPolicy, ModelPolicy, Policy, WriteAction, WritePolicy
 from ormai_agents.toolset import Toolset
@@ -254,7 +255,7 @@ def _run(path: Path) -> DemoReport:
 def _rows(payload: Any) -> list[dict[str, Any]]:
     if isinstance(payload, dict):
         if isinstance(payload.get("rows"), list):
-            return payload["rows"]
+            return page_records(payload)
         if isinstance(payload.get("data"), dict):
             return [payload["data"]]
         if isinstance(payload.get("groups"), list):

@@ -52,7 +52,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.callbacks.manager import (
+    adispatch_custom_event,
+    dispatch_custom_event,
+)
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import ConfigDict, PrivateAttr
@@ -138,6 +141,20 @@ class OrmAITool(BaseTool):
     runner: ToolRunner
     principal: Principal | None = None
     handle_tool_error: Any = _tool_error_text
+
+    @property
+    def tool_call_schema(self) -> Any:  # type: ignore[override]
+        # The arguments model itself (no injected argument is part of it), so every converter
+        # sees the policy's schema as generated: closed objects, strict-ready.
+        return self.args_schema
+
+    def _to_args_and_kwargs(self, tool_input: Any, tool_call_id: str | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # The arguments reach `_run` exactly as the model sent them, never validated (and
+        # possibly refused) by LangChain against `args_schema` first: the toolset validates
+        # them, so a malformed call is refused with an error the model can act on, and audited.
+        if isinstance(tool_input, dict):
+            return (), dict(tool_input)
+        raise HostError("OrmAI tools take a dict of arguments (a model's tool call), not a string")
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return super().invoke(input, self._traced(config), **kwargs)
@@ -254,7 +271,7 @@ class OrmAIToolkit(BaseToolkit):
                 OrmAITool(
                     name=spec.name,
                     description=spec.description,
-                    args_schema=spec.parameters,
+                    args_schema=spec.args_model,
                     spec=spec,
                     runner=runner,
                 )

@@ -26,11 +26,9 @@ observability integrations built on them, see it.
 # No `from __future__ import annotations`: FunctionTool finds the Context parameter by comparing
 # the evaluated annotation with `Context`.
 
-import copy
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import NullEventHandler
@@ -38,7 +36,6 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 from llama_index.core.workflow.context import Context
-from pydantic import BaseModel, ConfigDict
 
 from ormai_agents._context import Principal
 from ormai_agents._kernel import ToolRunner
@@ -69,26 +66,6 @@ class OrmAIAuditEvent(BaseEvent):
     @classmethod
     def class_name(cls) -> str:
         return "OrmAIAuditEvent"
-
-
-class _ToolArgs(BaseModel):
-    """Base of the per-tool `fn_schema`s: the JSON schema is the policy-derived one, verbatim.
-
-    The model has no fields and accepts anything: validation is the toolset's job.
-    """
-
-    model_config = ConfigDict(extra="allow")
-    tool_schema: ClassVar[dict[str, Any]] = {}
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return copy.deepcopy(cls.tool_schema)
-
-
-def _args_model(spec: ToolSpec) -> type[_ToolArgs]:
-    camel = "".join(part.capitalize() for part in re.split(r"[_-]+", spec.name) if part)
-    namespace = {"tool_schema": copy.deepcopy(spec.parameters), "__module__": __name__}
-    return type(f"{camel or 'Tool'}Args", (_ToolArgs,), namespace)
 
 
 class _ErrorText(str):
@@ -202,7 +179,6 @@ class OrmAIToolSpec(BaseToolSpec):
         self.context_key = context_key
         self._runner = ToolRunner(toolset, session_factory)
         self._specs = {s.name: s for s in build_tool_specs(toolset, layout=layout, prefix=prefix)}
-        self._schemas = {name: _args_model(spec) for name, spec in self._specs.items()}
         self._unbound: dict[str, FunctionTool] = {}
 
     @property
@@ -242,7 +218,7 @@ class OrmAIToolSpec(BaseToolSpec):
 
     def _tool(self, spec: ToolSpec, fn: Callable[..., Awaitable[str]]) -> FunctionTool:
         tool = _OrmAIFunctionTool.from_defaults(
-            async_fn=fn, name=spec.name, description=spec.description, fn_schema=self._schemas[spec.name]
+            async_fn=fn, name=spec.name, description=spec.description, fn_schema=spec.args_model
         )
         tool.async_only = self._runner.async_factory
         return tool

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ormai_agents import Toolset, WriteAction
+from ormai_agents import Toolset, WriteAction, page_records
 from ormai_agents._kernel import Decision, ToolRunner
 from ormai_agents._toolspecs import build_tool_specs
 from ormai_agents.approvals import Approval, ApprovalDecisions, ApprovalStatus, ApprovalStore
@@ -95,7 +95,7 @@ async def test_same_answers_and_audit_through_both_adapters(shop_backend: Backen
     ]  # fmt: skip
     with shop_backend.session() as s:
         first_ids = list(s.scalars(select(shop.Order.id).where(shop.Order.tenant_id == "acme").order_by(shop.Order.id).limit(3)))
-    assert [r["id"] for r in json.loads(lc[0])["rows"]] == first_ids
+    assert [r["id"] for r in page_records(lc[0])] == first_ids
     assert json.loads(lc[7]) == {"data": {"id": "acme", "name": "Acme"}}
     # Every call is audited, the malformed ones included, under the bound principal.
     assert _records(lc_store) == _records(li_store)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
-from ormai_agents import Policy, Principal, Toolset, WriteAction, WritePolicy
+from ormai_agents import Policy, Principal, Toolset, WriteAction, WritePolicy, page_records
 from ormai_agents.audit import AuditRecord, MemoryAuditStore
 from ormai_agents.langchain import AUDIT_EVENT, OrmAICallbackHandler, OrmAIToolkit, principal_config
 from ormai_agents.testing import ScriptedChatModel, tool_call
@@ -71,7 +71,7 @@ async def test_bound_principal(shop_backend: Backend, toolset: Toolset, kind: st
     state = await run(agent, kind, principal_config(GLOBEX))
     (msg,) = tool_messages(state)
     assert msg.status == "success"
-    rows = json.loads(msg.content)["rows"]
+    rows = page_records(msg.content)
     assert [r["id"] for r in rows] == order_ids(shop_backend, "acme")[:50]
     assert {r["tenant_id"] for r in rows} == {"acme"}
     assert state["messages"][-1].content == "done"
@@ -85,7 +85,7 @@ async def test_principal_from_config(shop_backend: Backend, toolset: Toolset, ki
     state = await run(agent, kind, principal_config(GLOBEX))
     rows_msg, count_msg = tool_messages(state)
     expected = order_ids(shop_backend, "globex")
-    assert [r["id"] for r in json.loads(rows_msg.content)["rows"]] == expected[:50]
+    assert [r["id"] for r in page_records(rows_msg.content)] == expected[:50]
     assert json.loads(count_msg.content) == {"value": len(expected)}
 
 
@@ -134,7 +134,7 @@ async def test_bad_argument_then_corrected_call(shop_backend: Backend, toolset: 
     assert codes == ["field_not_allowed", "validation_error", "validation_error", "field_not_allowed", "model_not_allowed"]
     for m in msgs[:5]:
         assert not any(leak in m.content for leak in LEAKS + DENIED), m.content
-    rows = json.loads(msgs[-1].content)["rows"]
+    rows = page_records(msgs[-1].content)
     with shop_backend.session() as s:
         expected = list(
             s.scalars(
@@ -254,7 +254,7 @@ async def _concurrent_runs(shop_backend: Backend, toolset: Toolset, engine: Any)
     for principal, state, events in results:
         tenant = principal.tenant_id
         rows_msg, count_msg, get_msg = tool_messages(state)
-        rows = json.loads(rows_msg.content)["rows"]
+        rows = page_records(rows_msg.content)
         assert [r["id"] for r in rows] == order_ids(shop_backend, tenant)[:50]
         assert {r["tenant_id"] for r in rows} == {tenant}
         assert json.loads(count_msg.content) == {"value": customers[tenant]}

@@ -28,8 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ormai_agents import Principal, Toolset
+from ormai_agents import Principal, Toolset, page_records
 from ormai_agents.audit import MemoryAuditStore
+from ormai_agents._toolspecs import _inline_refs
 from ormai_agents.llamaindex import OrmAIAuditEvent, OrmAIToolSpec, get_principal, set_principal
 from ormai_agents.testing import ScriptedFunctionCallingLLM
 from tests import shop
@@ -143,16 +144,20 @@ def test_schemas_show_enums_and_no_denied_names(layout: str) -> None:
         # Neither the principal nor the injected Context is an argument the model could fill.
         assert "principal" not in text and "workflow_ctx" not in text and "tenant_id\": {\"type" not in text
         assert all(re.match(r"^[a-zA-Z0-9_-]{1,64}$", t["function"]["name"]) for t in shown)
-        assert [t["function"]["parameters"] for t in shown] == [
+        # The fn_schema is the tool spec's own arguments model, its JSON schema unchanged.
+        assert [t.metadata.fn_schema for t in tools] == [s.args_model for s in spec.tool_specs]
+        assert [_inline_refs(t["function"]["parameters"]) for t in shown] == [
             {k: v for k, v in s.parameters.items() if k != "additionalProperties"} for s in spec.tool_specs
         ]
-    by_name = {t.metadata.name: t.metadata.to_openai_tool()["function"]["parameters"] for t in spec.to_tool_list()}
+    by_name = {
+        t.metadata.name: _inline_refs(t.metadata.to_openai_tool()["function"]["parameters"]) for t in spec.to_tool_list()
+    }
     if layout == "generic":
         assert by_name["query"]["properties"]["model"]["enum"] == ["Tenant", "Customer", "Order"]
-        fields = by_name["query"]["properties"]["filters"]["items"]["properties"]["field"]["enum"]
+        fields = by_name["query"]["properties"]["filters"]["anyOf"][0]["items"]["properties"]["field"]["enum"]
     else:
         assert "model" not in by_name["query_order"]["properties"]
-        fields = by_name["query_customer"]["properties"]["filters"]["items"]["properties"]["field"]["enum"]
+        fields = by_name["query_customer"]["properties"]["filters"]["anyOf"][0]["items"]["properties"]["field"]["enum"]
     # Masked and hashed fields can't be filtered on: they are not offered.
     assert "email" not in fields and "ssn" not in fields and "id" in fields
 
@@ -187,11 +192,11 @@ async def test_bound_principal_bad_call_then_good_call(
     assert bad.is_error and json.loads(bad.content)["error"] == "field_not_allowed"
     assert "password_hash" not in bad.content and "$2b" not in bad.content
     assert not good.is_error
-    rows = json.loads(good.content)["rows"]
+    rows = page_records(good.content)
     assert [r["id"] for r in rows] == _truth(shop_backend, "acme") and {r["tenant_id"] for r in rows} == {"acme"}
     # The model saw the error as a tool message and carried on; the final answer is the last result.
     assert any(m.role.value == "tool" and "field_not_allowed" in (m.content or "") for m in llm.seen_messages[1])
-    assert json.loads(str(response))["rows"] == rows
+    assert page_records(str(response)) == rows
     assert [(r.outcome, r.tenant_id, r.user_id) for r in store.records] == [("denied", "acme", "user-7731"), ("success", "acme", "user-7731")]
     assert len(factory.sessions) == 2 and factory.all_closed()
 
@@ -227,12 +232,13 @@ async def test_principal_never_leaves_the_host(shop_backend: Backend, traced: tu
     assert "globex" not in outputs[0].content
 
     events, spans = traced
-    ours = [e for e in events.events if isinstance(e, OrmAIAuditEvent)]
-    # Who did it is in the audit records, the refused call's included.
-    assert sorted((e.record["tool_name"], e.record["error_code"], e.record["user_id"]) for e in ours) == [
-        ("aggregate", "validation_error", "user-7731"),
-        ("query", None, "user-7731"),
+    ours = sorted((e for e in events.events if isinstance(e, OrmAIAuditEvent)), key=lambda e: e.record["tool_name"])
+    # Both calls are audited, the refused one included; who did it is in the audit record.
+    assert [(e.record["tool_name"], e.record["outcome"], e.record["user_id"]) for e in ours] == [
+        ("aggregate", "error", "user-7731"),
+        ("query", "success", "user-7731"),
     ]
+    assert ours[0].record["inputs"] == {"unknown_arguments": 1}  # the model was fixed by the tool
     visible = [
         *(o.model_dump_json() for o in outputs),
         *(repr(o.raw_input) + repr(o.raw_output) for o in outputs),
@@ -295,7 +301,7 @@ async def test_concurrent_runs_keep_principals_apart(shop_backend: Backend, pool
 
     for tenant, response in results:
         rows_out, count_out = _by_tool(response)["query"], _by_tool(response)["aggregate"]
-        rows = json.loads(rows_out.content)["rows"]
+        rows = page_records(rows_out.content)
         truth = _truth(shop_backend, tenant)
         assert [r["id"] for r in rows] == truth and {r["tenant_id"] for r in rows} == {tenant}
         with shop_backend.session() as s:
@@ -319,7 +325,7 @@ async def test_agent_workflow_reads_principal_from_context(shop_backend: Backend
 
     response = await workflow.run(user_msg="orders?", ctx=ctx)
 
-    rows = json.loads(str(response))["rows"]
+    rows = page_records(str(response))
     assert [r["id"] for r in rows] == _truth(shop_backend, "globex") and {r["tenant_id"] for r in rows} == {"globex"}
     assert [o.raw_input for o in _outputs(response)] == [{"args": (), "kwargs": ORDERS[1]}]
 
@@ -354,7 +360,7 @@ async def test_sync_call_and_failures_stay_generic(shop_backend: Backend) -> Non
     spec = _spec(sessionmaker(shop_backend.sync_engine))
     query = next(t for t in spec.get_tools(ACME) if t.metadata.name == "query")
     out = await asyncio.to_thread(query.call, **ORDERS[1])  # the sync entry point, from a worker thread
-    assert [r["id"] for r in json.loads(out.content)["rows"]] == _truth(shop_backend, "acme")
+    assert [r["id"] for r in page_records(out.content)] == _truth(shop_backend, "acme")
 
     def broken() -> Session:
         raise RuntimeError("connect failed: password=hunter2 SELECT * FROM orders")

@@ -55,7 +55,7 @@ def test_quickstart_scopes_and_ends_in_an_agent_run(tmp_path: Path) -> None:
     assert direct.startswith("[{'id': 1, 'status': 'pending', 'card_number': '****'}]")
     transcript = "\n".join(agent)
     assert "ToolMessage" in transcript and '"error":"not_found"' in transcript
-    assert '"rows":[{"id":1,"status":"pending","card_number":"****"}]' in transcript
+    assert '"columns":["id","status","card_number"],"rows":[[1,"pending","****"]]' in transcript
     assert "5500000000000004" not in out.stdout and "4111111111111111" not in out.stdout
     assert transcript.rstrip().endswith("Order 2 is not visible to you.")
 
