@@ -22,16 +22,16 @@ Misuse by the host (a sync call with an async session factory) raises `HostError
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from ormai_agents._context import AuditSink, Principal, RunContext
-from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError
+from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError, ValidationError
 from ormai_agents._sessions import SessionFactory, open_session
-from ormai_agents._toolspecs import ToolSpec, jsonable, render
+from ormai_agents._toolspecs import ToolSpec, jsonable, render, tool_name
 from ormai_agents.toolset import Toolset
 
 log = logging.getLogger("ormai_agents")
@@ -41,6 +41,7 @@ NO_PRINCIPAL = AccessDeniedError(
     "This tool can't be used in this conversation: the application did not say on whose behalf "
     "it runs. Tell the user the request can't be served; retrying will not help."
 )
+_UNKNOWN_TOOL = ValidationError("There is no tool of that name. Use one of the tools the server lists.")
 ASYNC_IN_SYNC = (
     "This toolkit has an async session factory: call its tools asynchronously (ainvoke, acall), "
     "or give it a sync sessionmaker for synchronous calls."
@@ -120,8 +121,32 @@ class ToolRunner:
         `sync=True` is for adapters' synchronous entry points, which run the call on a private
         event loop: an async session factory is then refused (`HostError`).
         """
+        return await self._guarded(
+            spec.name, principal, lambda ctx: self._run(spec, ctx, arguments, decision), on_audit=on_audit, sync=sync
+        )
+
+    async def unknown_tool(
+        self, name: Any, principal: Principal | None, arguments: Any, *, on_audit: AuditSink | None = None
+    ) -> ToolReply:
+        """A call of a tool that does not exist (an MCP client may send any name): refused and
+        audited under a sanitised form of the name, which the reply never echoes."""
+        label = tool_name("", str(name)[:200] or "unnamed")
+        inputs = dict(arguments) if isinstance(arguments, Mapping) else {}
+        return await self._guarded(
+            label, principal, lambda ctx: self.toolset.refuse(ctx, label, _UNKNOWN_TOOL, inputs=inputs), on_audit=on_audit
+        )
+
+    async def _guarded(
+        self,
+        name: str,
+        principal: Principal | None,
+        work: Callable[[RunContext], Awaitable[Any]],
+        *,
+        on_audit: AuditSink | None,
+        sync: bool = False,
+    ) -> ToolReply:
         if not isinstance(principal, Principal):
-            log.warning("ormai_agents: %s called without a principal; refused", spec.name)
+            log.warning("ormai_agents: %s called without a principal; refused", name)
             return ToolReply.error(NO_PRINCIPAL)
         if sync and self.async_factory:
             raise HostError(ASYNC_IN_SYNC)
@@ -129,15 +154,14 @@ class ToolRunner:
             async with open_session(self.session_factory) as db:
                 if sync and isinstance(db, (AsyncSession, AsyncConnection)):
                     raise HostError(ASYNC_IN_SYNC)
-                ctx = RunContext(principal, db, on_audit=on_audit)
-                result = await self._run(spec, ctx, arguments, decision)
+                result = await work(RunContext(principal, db, on_audit=on_audit))
             return ToolReply(render(result))
         except HostError:
             raise
         except OrmAIError as error:
             return ToolReply.error(error)
         except Exception:
-            log.exception("ormai_agents: unexpected error in tool %s", spec.name)
+            log.exception("ormai_agents: unexpected error in tool %s", name)
             return ToolReply.error(GENERIC)
 
     async def _run(self, spec: ToolSpec, ctx: RunContext, arguments: Any, decision: Decision | None) -> Any:

@@ -1,4 +1,4 @@
-"""The `ormai-agents` command: demo, schema, lint, rls and audit.
+"""The `ormai-agents` command: demo, schema, lint, rls, audit and mcp.
 
 Commands are registered on `app` (a Typer application); other modules add theirs with
 `@app.command()`. Heavy imports (frameworks, the demo) happen inside the commands, so
@@ -41,7 +41,7 @@ def console() -> Console:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line
     return typer.Exit(code)
 
 
@@ -486,6 +486,13 @@ async def _read_audit(spec: str, tenant: str, limit: int, user: str | None, tool
         await store.aclose()
         if engine is not None:
             engine.dispose()
+
+
+# --- mcp (ormai_agents._mcp_command) ---------------------------------------------------------
+
+from ormai_agents._mcp_command import mcp as _mcp  # noqa: E402 - it imports this module's helpers lazily
+
+app.command(name="mcp")(_mcp)
 
 
 def main() -> None:

@@ -79,8 +79,9 @@ class _OrmAIFunctionTool(FunctionTool):
     async_only = False  # set for async session factories: their sessions belong to one event loop
 
     def _prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {**self._field_defaults, **self.partial_params, **kwargs}
         if self.ctx_param_name is not None and self.ctx_param_name not in kwargs:
-            kwargs = {**kwargs, self.ctx_param_name: None}
+            kwargs[self.ctx_param_name] = None
         return kwargs
 
     @staticmethod
@@ -90,7 +91,11 @@ class _OrmAIFunctionTool(FunctionTool):
             output.is_error = True
         return output
 
-    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+    # `self` is positional-only in `call` and `acall`, and the base class's versions (which bind
+    # `self` by name) are not used: a model's argument named "self" is then an argument like any
+    # other, refused by the toolset and audited, instead of a TypeError.
+
+    def call(self, /, *args: Any, **kwargs: Any) -> ToolOutput:
         if self.async_only:
             # The sync path would run the call on a private event loop, where an async engine's
             # pooled connections can't be used.
@@ -98,10 +103,22 @@ class _OrmAIFunctionTool(FunctionTool):
                 "This OrmAIToolSpec has an async session factory: call the tool with acall (agents "
                 "do), or give the spec a sync sessionmaker for call."
             )
-        return self._flag(super().call(*args, **self._prepare(kwargs)))
+        all_kwargs = self._prepare(kwargs)
+        return self._output(args, all_kwargs, self._fn(*args, **all_kwargs))
 
-    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return self._flag(await super().acall(*args, **self._prepare(kwargs)))
+    async def acall(self, /, *args: Any, **kwargs: Any) -> ToolOutput:
+        all_kwargs = self._prepare(kwargs)
+        return self._output(args, all_kwargs, await self._async_fn(*args, **all_kwargs))
+
+    def _output(self, args: tuple[Any, ...], all_kwargs: dict[str, Any], raw_output: Any) -> ToolOutput:
+        shown = {k: v for k, v in all_kwargs.items() if k != self.ctx_param_name}  # the Context stays out
+        output = ToolOutput(
+            blocks=self._parse_tool_output(raw_output),
+            tool_name=self.metadata.get_name(),
+            raw_input={"args": args, "kwargs": shown},
+            raw_output=raw_output,
+        )
+        return self._flag(output)
 
 
 async def set_principal(ctx: Context, principal: Principal, key: str = DEFAULT_CONTEXT_KEY) -> None:

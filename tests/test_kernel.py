@@ -38,6 +38,7 @@ CALLS: list[tuple[str, Any]] = [
     ("get", {"model": "Tenant", "id": "globex"}),
     ("get", {"model": "Tenant", "id": "acme"}),
     ("describe_schema", {"model": "Order"}),
+    ("aggregate", {"model": "Order", "self": 1}),  # LlamaIndex's base tool binds `self` by name
 ]
 
 
@@ -91,7 +92,7 @@ async def test_same_answers_and_audit_through_both_adapters(shop_backend: Backen
     errors = [json.loads(text.removeprefix("error "))["error"] for text in lc if text.startswith("error ")]
     assert errors == [
         "validation_error", "validation_error", "validation_error", "field_not_allowed", "field_not_allowed",
-        "not_found", "validation_error",
+        "not_found", "validation_error", "validation_error",
     ]  # fmt: skip
     with shop_backend.session() as s:
         first_ids = list(s.scalars(select(shop.Order.id).where(shop.Order.tenant_id == "acme").order_by(shop.Order.id).limit(3)))
@@ -109,6 +110,7 @@ async def test_same_answers_and_audit_through_both_adapters(shop_backend: Backen
         ("get", "Tenant", "not_found"),
         ("get", "Tenant", None),
         ("describe_schema", "Order", "validation_error"),
+        ("aggregate", "Order", "validation_error"),
     ]
     assert {(r[4], r[5]) for r in _records(lc_store)} == {("acme", "u1")}
     # A refused call's inputs are redacted by the model's field policy like any other.
