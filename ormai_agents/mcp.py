@@ -41,7 +41,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Union
+from typing import Any
 
 from mcp import types
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
@@ -68,7 +68,7 @@ __all__ = ["OrmAIMCPServer", "PrincipalResolver", "create_server"]
 
 log = logging.getLogger("ormai_agents")
 
-PrincipalResolver = Callable[[str], Union[Principal, None, Awaitable[Union[Principal, None]]]]
+PrincipalResolver = Callable[[str], Principal | None | Awaitable[Principal | None]]
 """The host's function from a bearer token to the principal it stands for (None: not valid)."""
 
 _INSTRUCTIONS = (

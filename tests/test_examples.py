@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -163,3 +164,88 @@ def test_llamaindex_agent_runs_as_a_script() -> None:
     out = _script("llamaindex_agent.py", "--tenant", "globex")
     assert "Agent: Those are your pending orders" in out and "tenant_id = 'globex'" in out
     assert "tenant_id = 'acme'" not in out
+
+
+# --- MCP -----------------------------------------------------------------------------------------
+
+
+async def test_mcp_server_example_in_memory(tmp_path: Path) -> None:
+    from mcp import types
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    example = _load("mcp_server")
+    asked: list[str] = []
+
+    async def approve(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": True, "reason": "checked"})
+
+    server = example.stdio_server(tmp_path / "shop.db", "globex")
+    async with create_connected_server_and_client_session(server, elicitation_callback=approve) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        rows = await client.call_tool("query", {"model": "Order", "select": ["id", "tenant_id"]})
+        foreign = await client.call_tool("update_order", {"id": 1, "data": {"status": "shipped"}})  # acme's
+        mine = await client.call_tool("update_order", {"id": 6, "data": {"status": "shipped"}})
+    assert names == ["describe_schema", "query", "get", "aggregate", "create_order", "update_order"]
+    assert {r["tenant_id"] for r in json.loads(rows.content[0].text)["rows"]} == {"globex"}  # type: ignore[union-attr]
+    assert foreign.isError and json.loads(foreign.content[0].text)["error"] == "not_found"  # type: ignore[union-attr]
+    assert not mine.isError and json.loads(mine.content[0].text)["data"]["status"] == "shipped"  # type: ignore[union-attr]
+    assert len(asked) == 2 and "update_order" in asked[1]  # the person approved both; only globex's ran
+
+
+async def test_mcp_server_example_over_http(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    example = _load("mcp_server")
+    server = example.http_server(tmp_path / "shop.db")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    serving = asyncio.create_task(server.serve_http("127.0.0.1", port, sockets=[sock]))
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        for _ in range(100):
+            try:
+                async with httpx.AsyncClient() as probe:
+                    assert (await probe.post(url, json={})).status_code == 401  # no token: refused
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+        counts = {}
+        for token, who in example.API_KEYS.items():
+            http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+            async with http, streamable_http_client(url, http_client=http) as (read, write, _):
+                async with ClientSession(read, write) as client:
+                    await client.initialize()
+                    out = await client.call_tool("aggregate", {"model": "Order", "group_by": ["tenant_id"]})
+                    counts[who.tenant_id] = json.loads(out.content[0].text)["groups"]  # type: ignore[union-attr]
+        assert counts == {t: [{"tenant_id": t, "value": 5}] for t in ("acme", "globex")}
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        sock.close()
+
+
+def test_mcp_server_example_runs_as_a_stdio_server(tmp_path: Path) -> None:
+    import asyncio
+
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    async def ask() -> Any:
+        params = StdioServerParameters(
+            command=sys.executable, args=[str(EXAMPLES / "mcp_server.py"), "--tenant", "acme", "--db", str(tmp_path / "shop.db")],
+            cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            return await client.call_tool("query", {"model": "Order", "select": ["id", "tenant_id"], "order_by": ["id"]})
+
+    out = asyncio.run(ask())
+    assert [r["id"] for r in json.loads(out.content[0].text)["rows"]] == [1, 2, 3, 4, 5]  # acme's orders

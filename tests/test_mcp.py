@@ -366,3 +366,32 @@ async def test_llamaindex_function_agent_over_mcp_tool_spec(shop_backend: Backen
     assert "internal_note" not in text_of(bad)
     rows = json.loads(text_of(good))["rows"]
     assert [r["id"] for r in rows] == order_ids(shop_backend, "acme") and {r["tenant_id"] for r in rows} == {"acme"}
+
+
+async def test_unexpected_errors_are_the_hosts_to_see(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> Any:
+        raise RuntimeError("could not connect to postgresql://admin:hunter2@db/prod")
+
+    server = create_server(toolset=_toolset(), session_factory=broken, principal=ACME)
+    async with connected(server) as client:
+        out = await client.call_tool("query", {"model": "Order"})
+    assert out.isError and json.loads(text_of(out).removeprefix("error ")) == {
+        "error": "error", "message": "The request could not be completed."
+    }  # fmt: skip
+    assert any("hunter2" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+def test_importing_ormai_agents_or_its_command_loads_no_mcp() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, ormai_agents, ormai_agents.cli;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'starlette', 'uvicorn', 'langchain_mcp_adapters'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
+    assert out.stdout.strip() == "[]"

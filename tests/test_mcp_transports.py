@@ -137,21 +137,17 @@ async def test_streamable_http_two_tenants_at_once(shop_db: Path, http_server: t
             assert refused.status_code == 401 and "Bearer" in refused.headers["www-authenticate"]
             assert "acme" not in refused.text
 
-    sessions: dict[str, str] = {}
-
     async def tenant_calls(token: str) -> tuple[str, list[types.CallToolResult]]:
         tenant = TOKENS[token]["tenant_id"]
         http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        async with http, streamable_http_client(url, http_client=http) as (read, write, session_id):
-            async with ClientSession(read, write) as client:
-                await client.initialize()
-                sessions[tenant] = session_id() or ""
-                calls = [
-                    client.call_tool("query", {"model": "Order", "select": ["id", "tenant_id"], "order_by": ["id"]})
-                    if i % 2 == 0 else client.call_tool("aggregate", {"model": "Order", "group_by": ["tenant_id"]})
-                    for i in range(8)
-                ]  # fmt: skip
-                return tenant, list(await asyncio.gather(*calls))
+        async with http, streamable_http_client(url, http_client=http) as (read, write, _), ClientSession(read, write) as client:
+            await client.initialize()
+            calls = [
+                client.call_tool("query", {"model": "Order", "select": ["id", "tenant_id"], "order_by": ["id"]})
+                if i % 2 == 0 else client.call_tool("aggregate", {"model": "Order", "group_by": ["tenant_id"]})
+                for i in range(8)
+            ]  # fmt: skip
+            return tenant, list(await asyncio.gather(*calls))
 
     results = await asyncio.gather(*(tenant_calls(t) for t in TOKENS))
     for tenant, outs in results:
