@@ -187,7 +187,7 @@ async def test_mcp_server_example_in_memory(tmp_path: Path) -> None:
         foreign = await client.call_tool("update_order", {"id": 1, "data": {"status": "shipped"}})  # acme's
         mine = await client.call_tool("update_order", {"id": 6, "data": {"status": "shipped"}})
     assert names == ["describe_schema", "query", "get", "aggregate", "create_order", "update_order"]
-    assert {r["tenant_id"] for r in json.loads(rows.content[0].text)["rows"]} == {"globex"}  # type: ignore[union-attr]
+    assert {r["tenant_id"] for r in page_records(rows.content[0].text)} == {"globex"}  # type: ignore[union-attr]
     assert foreign.isError and json.loads(foreign.content[0].text)["error"] == "not_found"  # type: ignore[union-attr]
     assert not mine.isError and json.loads(mine.content[0].text)["data"]["status"] == "shipped"  # type: ignore[union-attr]
     assert len(asked) == 2 and "update_order" in asked[1]  # the person approved both; only globex's ran
@@ -248,4 +248,4 @@ def test_mcp_server_example_runs_as_a_stdio_server(tmp_path: Path) -> None:
             return await client.call_tool("query", {"model": "Order", "select": ["id", "tenant_id"], "order_by": ["id"]})
 
     out = asyncio.run(ask())
-    assert [r["id"] for r in json.loads(out.content[0].text)["rows"]] == [1, 2, 3, 4, 5]  # acme's orders
+    assert [r["id"] for r in page_records(out.content[0].text)] == [1, 2, 3, 4, 5]  # acme's orders

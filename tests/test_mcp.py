@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ormai_agents import Principal, Toolset, WriteAction
+from ormai_agents import Principal, Toolset, WriteAction, page_records
 from ormai_agents._toolspecs import build_tool_specs
 from ormai_agents.approvals import ApprovalStatus
 from ormai_agents.audit import MemoryAuditStore
@@ -102,7 +102,7 @@ async def test_same_answers_and_audit_as_the_adapters(shop_backend: Backend, kin
         msg = await lc_tools[name].ainvoke(tool_call(name, args))
         via_lc.append(("error " if msg.status == "error" else "") + msg.content)
     assert same(via_mcp) == same(via_lc)
-    assert [r["id"] for r in json.loads(via_mcp[0])["rows"]] == order_ids(shop_backend, "acme", 3)
+    assert [r["id"] for r in page_records(via_mcp[0])] == order_ids(shop_backend, "acme", 3)
     assert sum(t.startswith("error ") for t in via_mcp) == 8
     # The SDK did not answer first: errors are ours, as JSON, never its "Input validation error".
     assert all(json.loads(t.removeprefix("error "))["error"] for t in via_mcp if t.startswith("error "))
@@ -129,7 +129,7 @@ async def test_malformed_calls_are_refused_by_us_and_audited(shop_backend: Backe
     assert [json.loads(t.removeprefix("error ")).get("error") for t in texts] == [
         "validation_error", None, "model_not_allowed", "validation_error", "validation_error", "validation_error",
     ]  # fmt: skip
-    assert len(json.loads(texts[1])["rows"]) == 50  # clamped to the policy's maximum, like the adapters
+    assert len(page_records(texts[1])) == 50  # clamped to the policy's maximum, like the adapters
     assert "drop_tables" not in texts[4] and "INFO" not in texts[4] and "globex" not in texts[5]
     audit = [(r.tool_name, r.outcome, r.error_code, r.tenant_id) for r in store.records]
     assert audit == [
@@ -198,7 +198,7 @@ def test_hostile_arguments_get_the_same_answers_as_through_the_adapters(shop_bac
                 for leak in ("password_hash", "internal_note", "secret_plan", "Traceback", "SELECT", "sqlite", "psycopg"):
                     assert leak not in via_mcp
                 body = json.loads(via_mcp.removeprefix("error "))
-                for row in body.get("rows", []) if isinstance(body, dict) else []:
+                for row in page_records(body) if isinstance(body, dict) and "rows" in body else []:
                     assert row.get("tenant_id", "acme") == "acme" and row.get("id") != "globex"
                 seen["error" if via_mcp.startswith("error ") else "ok"] += 1
         records = [[(r.tool_name, r.model, r.outcome, r.error_code, r.inputs) for r in s.records] for s in stores]
@@ -339,7 +339,7 @@ async def test_langchain_agent_over_load_mcp_tools(shop_backend: Backend) -> Non
     denied, orders, other = [(m.status, _text(m.content)) for m in state["messages"] if isinstance(m, ToolMessage)]
     assert denied[0] == "error" and json.loads(denied[1])["error"] == "field_not_allowed"
     assert "password_hash" not in denied[1] and "$2b" not in denied[1]
-    assert [r["id"] for r in json.loads(orders[1])["rows"]] == order_ids(shop_backend, "globex")
+    assert [r["id"] for r in page_records(orders[1])] == order_ids(shop_backend, "globex")
     assert other[0] == "error" and json.loads(other[1])["error"] == "not_found"
     assert state["messages"][-1].content == "done"
     assert sorted((r.tenant_id, r.model, str(r.error_code)) for r in store.records) == [  # parallel calls: any order
@@ -364,7 +364,7 @@ async def test_llamaindex_function_agent_over_mcp_tool_spec(shop_backend: Backen
     assert isinstance(bad, types.CallToolResult) and bad.isError and not good.isError
     assert json.loads(text_of(bad).removeprefix("error "))["error"] == "field_not_allowed"
     assert "internal_note" not in text_of(bad)
-    rows = json.loads(text_of(good))["rows"]
+    rows = page_records(text_of(good))
     assert [r["id"] for r in rows] == order_ids(shop_backend, "acme") and {r["tenant_id"] for r in rows} == {"acme"}
 
 

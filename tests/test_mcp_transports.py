@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from ormai_agents import page_records
 from ormai_agents.demo import Base, Order, seed_shop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ async def test_stdio_serves_the_one_principal(shop_db: Path, tmp_path: Path) -> 
         claimed = await client.call_tool("query", {"model": "Order", "tenant_id": "acme"})
         foreign = await client.call_tool("get", {"model": "Order", "id": truth(shop_db, "acme")[0]})
     assert names == ["describe_schema", "query", "get", "aggregate", "create_order"]
-    assert [r["id"] for r in body(rows)["rows"]] == truth(shop_db, "globex")
+    assert [r["id"] for r in page_records(body(rows))] == truth(shop_db, "globex")
     assert claimed.isError and body(claimed)["error"] == "validation_error" and "acme" not in str(body(claimed))
     assert foreign.isError and body(foreign)["error"] == "not_found"
     records = audit_lines(audit)
@@ -155,8 +156,8 @@ async def test_streamable_http_two_tenants_at_once(shop_db: Path, http_server: t
         for i, out in enumerate(outs):
             assert not out.isError
             if i % 2 == 0:
-                assert [r["id"] for r in body(out)["rows"]] == expected
-                assert {r["tenant_id"] for r in body(out)["rows"]} == {tenant}
+                assert [r["id"] for r in page_records(body(out))] == expected
+                assert {r["tenant_id"] for r in page_records(body(out))} == {tenant}
             else:
                 assert body(out) == {"groups": [{"tenant_id": tenant, "value": len(expected)}]}
 
