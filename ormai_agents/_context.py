@@ -58,28 +58,64 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+def _typed(value: Any) -> Any:
+    """`value` with the type of every part in it, so `True`, `1` and `1.0` stay apart."""
+    if isinstance(value, Mapping):
+        return ("map", frozenset((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, tuple):
+        return ("seq", tuple(_typed(v) for v in value))
+    if isinstance(value, frozenset):
+        return ("set", frozenset(_typed(v) for v in value))
+    return (type(value), value)
+
+
+def _check_id(name: str, value: Any) -> None:
+    # bool is an int and 1.0 == 1: either would share caches, and a scope, with another tenant.
+    if value is not None and (type(value) is not str and type(value) is not int):
+        raise TypeError(f"Principal.{name} must be a str or an int (or None), not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Principal:
     """The identity a tool call runs as. Built by the host application, never by the agent.
 
     Frozen and hashable: `roles` becomes a tuple and `metadata` a read-only mapping, so a
-    principal can't be changed after the tools were bound to it.
+    principal can't be changed after the tools were bound to it. `tenant_id` and `user_id` are
+    a str or an int (never a bool, a float or a container), `roles` are strings. Two principals
+    are equal only when their values are equal *and* of the same types, so every cache keyed by
+    a principal keeps `True`, `1` and `1.0` apart.
     """
 
     tenant_id: Any = None
     user_id: Any = None
     roles: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=FrozenDict)
+    _key: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tenant_id", _freeze(self.tenant_id))
-        object.__setattr__(self, "user_id", _freeze(self.user_id))
+        _check_id("tenant_id", self.tenant_id)
+        _check_id("user_id", self.user_id)
         roles = self.roles
         if isinstance(roles, str):
             roles = (roles,)
-        object.__setattr__(self, "roles", tuple(roles or ()))
+        roles = tuple(roles or ())
+        if not all(type(r) is str for r in roles):
+            raise TypeError("Principal.roles must be strings")
+        object.__setattr__(self, "roles", roles)
         if not isinstance(self.metadata, FrozenDict):
+            if not isinstance(self.metadata or {}, Mapping):
+                raise TypeError("Principal.metadata must be a mapping")
             object.__setattr__(self, "metadata", FrozenDict(self.metadata or {}))
+        key = (_typed(self.tenant_id), _typed(self.user_id), roles, _typed(self.metadata))
+        object.__setattr__(self, "_key", key)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Principal):
+            return NotImplemented
+        return bool(self._key == other._key)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
 
     def resolve(self, path: tuple[str, ...]) -> Any:
         """The value at a parsed `principal.<path>`, or None when it is absent.

@@ -1,10 +1,11 @@
-"""Opaque keyset cursors: encrypted and authenticated with keys derived from the toolset secret.
+"""Opaque keyset cursors, authenticated with a key derived from the toolset secret.
 
-The payload holds the last row's sort-key values (which may include a primary key the agent may
-not read) and is authenticated together with a fingerprint of the query it belongs to: principal, model,
-filters and order.
-Encryption keeps those values from the agent; the MAC makes any change, or use by another
-principal or query, an error.
+A cursor holds the sort-key values of the last row of a page and when it was made. Those values
+are all plainly readable fields (rows are ordered and tie-broken only by such fields: see
+`ModelPlan.tiebreak`), so the cursor tells the agent nothing it could not read, and it is signed,
+not encrypted. The MAC covers the values together with a fingerprint of the query the cursor
+belongs to (principal, model, filters and order), which is not stored in the cursor: any change,
+or use by another principal or with another query, fails the check.
 """
 
 from __future__ import annotations
@@ -13,72 +14,58 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from typing import Any
 
 from ormai_agents._errors import InvalidCursorError
 
-_NONCE = 12
 _TAG = 16
+_MAX_CURSOR = 8192
 _INVALID = "The cursor is invalid or expired, or belongs to a different query. Repeat the query without a cursor."
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:
-    """A key for one purpose ("cursor-enc", "hash", ...) from the toolset secret."""
+    """A key for one purpose ("cursor-mac", "hash-field", ...) from the toolset secret."""
     return hmac.new(secret, b"ormai-agents:" + purpose.encode(), hashlib.sha256).digest()
-
-
-def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
-    blocks = (length + 31) // 32
-    return b"".join(hmac.digest(key, nonce + i.to_bytes(4, "big"), "sha256") for i in range(blocks))[:length]
-
-
-def _xor(data: bytes, stream: bytes) -> bytes:
-    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
 
 
 class CursorCodec:
     """Seals and opens cursors for one toolset."""
 
     def __init__(self, secret: bytes, ttl_seconds: int) -> None:
-        self._enc = derive_key(secret, "cursor-enc")
         self._mac = derive_key(secret, "cursor-mac")
         self._ttl = ttl_seconds
 
     def seal(self, binding: str, values: list[Any]) -> str:
-        data = json.dumps({"v": values, "t": int(time.time())}, separators=(",", ":"), default=str).encode()
-        nonce = os.urandom(_NONCE)
-        cipher = _xor(data, _keystream(self._enc, nonce, len(data)))
-        tag = self._tag(binding, nonce, cipher)
-        return base64.urlsafe_b64encode(nonce + cipher + tag).decode().rstrip("=")
+        body = json.dumps({"v": values, "t": int(time.time())}, separators=(",", ":"), default=str).encode()
+        return base64.urlsafe_b64encode(body + self._tag(binding, body)).decode().rstrip("=")
 
-    def _tag(self, binding: str, nonce: bytes, cipher: bytes) -> bytes:
-        return hmac.digest(self._mac, binding.encode() + b"\0" + nonce + cipher, "sha256")[:_TAG]
+    def _tag(self, binding: str, body: bytes) -> bytes:
+        return hmac.digest(self._mac, binding.encode() + b"\0" + body, "sha256")[:_TAG]
 
     def open(self, cursor: Any, binding: str) -> list[Any]:
         """The sort-key values of a cursor made for `binding`; InvalidCursorError otherwise."""
-        if not isinstance(cursor, str) or not 0 < len(cursor) <= 8192:
+        if not isinstance(cursor, str) or not 0 < len(cursor) <= _MAX_CURSOR:
             raise InvalidCursorError(_INVALID)
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except ValueError:
             raise InvalidCursorError(_INVALID) from None
-        if len(raw) <= _NONCE + _TAG:
+        if len(raw) <= _TAG:
             raise InvalidCursorError(_INVALID)
-        nonce, cipher, tag = raw[:_NONCE], raw[_NONCE:-_TAG], raw[-_TAG:]
+        body, tag = raw[:-_TAG], raw[-_TAG:]
         # The binding is authenticated, not stored: a cursor opened for another query fails here.
-        if not hmac.compare_digest(tag, self._tag(binding, nonce, cipher)):
+        if not hmac.compare_digest(tag, self._tag(binding, body)):
             raise InvalidCursorError(_INVALID)
         try:
-            body = json.loads(_xor(cipher, _keystream(self._enc, nonce, len(cipher))))
+            data = json.loads(body)
         except ValueError:
             raise InvalidCursorError(_INVALID) from None
         if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("v"), list)
-            or not isinstance(body.get("t"), int)
-            or time.time() - body["t"] > self._ttl
+            not isinstance(data, dict)
+            or not isinstance(data.get("v"), list)
+            or not isinstance(data.get("t"), int)
+            or time.time() - data["t"] > self._ttl
         ):
             raise InvalidCursorError(_INVALID)
-        return body["v"]
+        return data["v"]  # type: ignore[no-any-return]

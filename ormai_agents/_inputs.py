@@ -245,7 +245,7 @@ def parse_select(plan: ModelPlan, select: Any) -> list[str]:
 
 
 def parse_order(plan: ModelPlan, order_by: Any) -> list[tuple[FieldInfo, bool]]:
-    """(field, descending) pairs; the primary key is appended so pages are stable."""
+    """(field, descending) pairs, without repeats (the plan's readable tie-break is added by the query)."""
     out: list[tuple[FieldInfo, bool]] = []
     seen: set[str] = set()
     if order_by is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, or_
+from sqlalchemy import ColumnElement, Table, UniqueConstraint, and_, or_
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import DeclarativeMeta, Mapper, RelationshipProperty, class_mapper
 from sqlalchemy.sql import FromClause
@@ -102,8 +102,20 @@ class ModelPlan:
     permits: list[CompiledRowPolicy]
     bypasses: list[CompiledRowPolicy]
     max_rows: int
+    # What makes the order of rows total without revealing anything the agent can't read:
+    # plainly readable, comparable, NOT NULL fields that are unique together (the primary key
+    # when it is readable, else the shortest such unique constraint). None when there is none:
+    # rows are then ordered by every readable comparable field, and a query is one page.
+    tiebreak: list[FieldInfo] | None = None
     relations: dict[str, RelationInfo] = field(default_factory=dict)
     _where_cache: dict[Principal, Where] = field(default_factory=dict)
+
+    @property
+    def order_fields(self) -> list[FieldInfo]:
+        """The fields that end every ORDER BY on this model (see `tiebreak`)."""
+        if self.tiebreak is not None:
+            return self.tiebreak
+        return [f for f in self.fields.values() if f.comparable]
 
     def select(self, columns: list[Any]) -> Any:
         """SELECT of these columns from the model's table (or the join of an inherited mapping)."""
@@ -348,7 +360,27 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
         permits=permits,
         bypasses=bypasses,
         max_rows=mp.max_rows or policy.max_rows,
+        tiebreak=_tiebreak(mapper, fields, pk_columns),
     )
+
+
+def _tiebreak(mapper: Mapper[Any], fields: dict[str, FieldInfo], pk_columns: list[Any]) -> list[FieldInfo] | None:
+    by_column = {f.column: f for f in fields.values()}
+
+    def readable(columns: Any) -> list[FieldInfo] | None:
+        infos = [by_column.get(c) for c in columns]
+        if infos and all(i is not None and i.comparable and (i.primary_key or not i.nullable) for i in infos):
+            return infos  # type: ignore[return-value]
+        return None
+
+    found = readable(pk_columns)
+    if found is not None:
+        return found
+    table = mapper.local_table
+    uniques = [c.columns for c in getattr(table, "constraints", ()) if isinstance(c, UniqueConstraint)]
+    uniques += [ix.columns for ix in getattr(table, "indexes", ()) if ix.unique]
+    candidates = [r for r in (readable(list(cols)) for cols in uniques) if r is not None]
+    return min(candidates, key=len) if candidates else None
 
 
 def _max_text(column: Any, pt: type | None, policy_max: int) -> int | None:

@@ -10,13 +10,21 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
-    """Rows of a `query` call, and the cursor of the next page (None on the last page)."""
+    """Rows of a `query` call, and the cursor of the next page (None on the last page).
+
+    `truncated` is True when more rows matched but the model can't be paged (it has no plainly
+    readable unique key to order by): narrow the filters to see the others.
+    """
 
     rows: list[dict[str, Any]]
     next_cursor: str | None = None
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "next_cursor": self.next_cursor}
+        out: dict[str, Any] = {"rows": self.rows, "next_cursor": self.next_cursor}
+        if self.truncated:
+            out["truncated"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,16 @@ def build_write_plans(plans: Mapping[str, ModelPlan]) -> dict[str, WritePlan]:
                 )
         refused_create, refused_update = refusals(plan, "create"), refusals(plan, "update")
         writable_create = [n for n in plan.fields if n not in refused_create]
+        for fname in wp.required_fields:
+            # An agent told "x is required" would learn of a field it must not see, or be asked
+            # for a value it can never send.
+            if fname not in plan.fields:
+                raise PolicyError(f"{name}: required_fields names {fname!r}, which the policy denies")
+            if "create" in enabled and fname not in writable_create and fname not in wp.auto_set:
+                raise PolicyError(
+                    f"{name}: required_fields names {fname!r}, which the agent can't send on create "
+                    f"({refused_create[fname]}); remove it or auto_set it"
+                )
         writable_update = [n for n in plan.fields if n not in refused_update]
         writable = {"create": writable_create, "update": writable_update, "bulk_update": writable_update}
         out[name] = WritePlan(

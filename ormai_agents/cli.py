@@ -75,7 +75,10 @@ def parse_principal(text: str) -> Principal:
     unknown = set(data) - {"tenant_id", "user_id", "roles", "metadata"}
     if unknown:
         raise ValueError(f"unknown principal keys: {', '.join(sorted(unknown))} (use tenant_id, user_id, roles, metadata)")
-    return Principal(**data)
+    try:
+        return Principal(**data)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _sync_url(url: str) -> str:

@@ -68,7 +68,7 @@ class Toolset:
     field or condition column raises `PolicyError`), and the per-model plans are compiled. Every
     method is a coroutine taking a `RunContext`; sync and async SQLAlchemy sessions both work.
 
-    `secret_key` keys the cursor encryption and the HMAC of hashed fields. Pass a stable secret
+    `secret_key` keys the cursor signatures and the HMAC of hashed fields. Pass a stable secret
     (32+ random bytes) so cursors and hashed values survive restarts; without one a random key
     is made per process.
 
@@ -167,14 +167,16 @@ class Toolset:
             tree = _inputs.parse_include(self._plans, plan, include, self.policy.max_include_depth)
 
             keys = [_SortKey(info.column, desc, info.nullable, info.coerce) for info, desc in order]
-            ordered = {info.column for info, _ in order}
-            keys += [
-                _SortKey(c, False, False, coerce)
-                for c, coerce in zip(plan.pk_columns, plan.pk_coercers)
-                if c not in ordered
-            ]
+            # Ties are broken by readable fields only: the order must reveal nothing of a hidden
+            # primary key. Without a readable unique key there is no stable page boundary, so
+            # the query is one page (`truncated` says when rows were left out).
+            ordered = {info.name for info, _ in order}
+            keys += [_SortKey(f.column, False, f.nullable, f.coerce) for f in plan.order_fields if f.name not in ordered]
+            pageable = plan.tiebreak is not None
             order_key = [(info.name, desc) for info, desc in order]
             if cursor is not None:
+                if not pageable:
+                    raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.")
                 after = self._cursors.open(cursor, self._binding(ctx, plan, canon, order_key))
                 if len(after) != len(keys):
                     raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.")
@@ -210,13 +212,13 @@ class Toolset:
             if tree:
                 await self._attach(ctx, plan, tree, rows, out, rel_at)
             next_cursor = None
-            if more and rows:
+            if more and rows and pageable:
                 last = rows[-1]
                 next_cursor = self._cursors.seal(
                     self._binding(ctx, plan, canon, order_key), [_jsonable(last[i]) for i in key_at]
                 )
             call.row_count = len(out)
-            return QueryResult(out, next_cursor)
+            return QueryResult(out, next_cursor, truncated=more and not pageable)
 
     async def get(self, ctx: RunContext, model: str, id: Any, select: Any = None, include: Any = None) -> GetResult:
         """One row by primary key. Missing and out-of-scope rows raise the same RecordNotFoundError."""
@@ -464,7 +466,10 @@ class Toolset:
                 stmt: Any = sql_select(*cols).select_from(target.selectable).where(*twhere.clauses, match)
                 if rel.many:
                     ranked = stmt.add_columns(
-                        func.row_number().over(partition_by=remote, order_by=target.pk_columns).label("_rn")
+                        func.row_number().over(
+                            partition_by=remote, order_by=[_order_clause(_SortKey(f.column, False, f.nullable, f.coerce))
+                                                           for f in target.order_fields] or None,
+                        ).label("_rn")
                     ).subquery()
                     stmt = sql_select(*(c for c in ranked.c if c.key != "_rn")).where(ranked.c._rn <= target.max_rows)
                 # Every row fetched is returned at least once: more than the limit can't fit.

