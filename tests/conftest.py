@@ -1,8 +1,12 @@
-"""Test backends: SQLite (always), the real PostgreSQL and MariaDB/MySQL (required under CI=true).
+"""What the whole suite shares: backends, the seeded shop, principals.
 
-Each test run gets its own PostgreSQL schema and its own MariaDB database, so concurrent runs on
-one server don't collide.
-Async engines use NullPool: every connection belongs to the event loop of the test using it.
+Backends: SQLite (always), the real PostgreSQL and MariaDB/MySQL (required under CI=true). Each
+test run gets its own PostgreSQL schema and its own MariaDB database, so concurrent runs on one
+server don't collide. Async engines use NullPool: every connection belongs to the event loop of
+the test using it.
+
+Fixtures are found by pytest by name; never import them into a test module. Plain values
+(principals, `Backend`, `BACKENDS`) are imported from here: `from tests.conftest import ACME`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, event, func, insert, make_url, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from ormai_agents import Principal
 from tests import shop
+
+# The fixtures we ship for users' own suites, enabled the way our docs tell users to.
+pytest_plugins = ["ormai_agents.testing.pytest_plugin"]
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
@@ -30,6 +38,15 @@ MYSQL_DRIVERS = {"sync": "pymysql", "async": "aiomysql"}
 # trailing spaces (what the exact-comparison tests attack, and the differential oracle models).
 MYSQL_COLLATION = "utf8mb4_general_ci"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Every backend a database test runs on; parametrize `empty_backend` indirectly with it.
+BACKENDS = ["sqlite", "postgres"]
+
+# The shop's principals: two tenants, a second user of the first, a third tenant.
+ACME = Principal(tenant_id="acme", user_id="u1")
+ACME_OTHER_USER = Principal(tenant_id="acme", user_id="u2")
+GLOBEX = Principal(tenant_id="globex", user_id="u2")
+INITECH = Principal(tenant_id="initech", user_id="u3")
 
 
 def pg_url(driver: str) -> URL:
@@ -164,7 +181,7 @@ def make_backend(name: str, tmp_dir: Any) -> tuple[Backend, Any]:
     return Backend(name, sync_engine, async_engine), cleanup
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session", params=BACKENDS)
 def shop_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """The seeded shop on each backend, shared by read-only tests."""
     backend, cleanup = make_backend(request.param, tmp_path_factory.mktemp("db"))
@@ -213,3 +230,69 @@ def _mysql_backend() -> tuple[Backend, Any]:
         admin.dispose()
 
     return Backend("mysql", sync_engine, async_engine), cleanup
+
+
+# --- writable shops: a fresh seeded copy per test ---------------------------------------------
+
+
+def sqlite_savepoints(engine: Engine) -> None:
+    """SQLAlchemy's documented recipe for SAVEPOINT-correct transactions on pysqlite/aiosqlite."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def prepare(backend: Backend) -> Backend:
+    """Savepoint-correct SQLite, and the hostile shop seed."""
+    if not backend.is_postgres:
+        sqlite_savepoints(backend.sync_engine)
+        sqlite_savepoints(backend.async_engine.sync_engine)
+    # Core executemany per table: much cheaper than an ORM flush, and each test gets a fresh copy.
+    rows: dict[Any, list[dict[str, Any]]] = {}
+    for obj in shop.seed_rows():
+        table = type(obj).__table__
+        rows.setdefault(table, []).append({c.key: getattr(obj, c.key) for c in table.columns})
+    with backend.sync_engine.begin() as conn:
+        shop.Base.metadata.create_all(conn, checkfirst=False)
+        for table in shop.Base.metadata.sorted_tables:
+            if rows.get(table):
+                conn.execute(insert(table), rows[table])
+        if backend.is_postgres:  # the seed sets ids explicitly: move the sequences past them
+            for model in (shop.Customer, shop.Order, shop.Document):
+                sequence = func.pg_get_serial_sequence(model.__tablename__, "id")
+                conn.execute(select(func.setval(sequence, select(func.max(model.id)).scalar_subquery())))
+    return backend
+
+
+@pytest.fixture
+def wb(empty_backend: Backend) -> Backend:
+    """A fresh seeded shop on `empty_backend`'s database, for tests that write."""
+    return prepare(empty_backend)
+
+
+@pytest.fixture(params=["sync", "async"])
+async def wdb(request: pytest.FixtureRequest, wb: Backend) -> AsyncIterator[Session | AsyncSession]:
+    """A session on a fresh seeded shop: sync `Session` and `AsyncSession` in turn."""
+    if request.param == "sync":
+        with wb.session() as s:
+            yield s
+    else:
+        async with wb.async_session() as s:
+            yield s
+
+
+@pytest.fixture
+async def wdb1(wb: Backend) -> AsyncIterator[Session | AsyncSession]:
+    """One session kind per backend (sync on SQLite, async on PostgreSQL) for tests where the
+    kind does not matter; `wdb` runs both where it does."""
+    if wb.is_postgres:
+        async with wb.async_session() as s:
+            yield s
+    else:
+        with wb.session() as s:
+            yield s

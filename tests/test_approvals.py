@@ -22,10 +22,10 @@ from ormai_agents import (
 from ormai_agents.approvals import ApprovalStatus, MemoryApprovalStore, SqlApprovalStore
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, GLOBEX, count, ids, snapshot, toolset, wb, write_policy  # noqa: F401
+from tests.conftest import ACME, BACKENDS, GLOBEX, Backend
+from tests.writes_support import count, ids, snapshot, toolset, write_policy
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 Order = shop.Order
 APPROVAL = write_policy(WriteAction.RequireApproval)

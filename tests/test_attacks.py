@@ -32,13 +32,11 @@ from ormai_agents import (
 )
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
+from tests.conftest import ACME, ACME_OTHER_USER, GLOBEX
 from tests._truth import rows as db_rows
 from tests._truth import scalars, walk
 
 Order, Customer, Tenant, Document = shop.Order, shop.Customer, shop.Tenant, shop.Document
-ACME = Principal(tenant_id="acme", user_id="u1")
-ACME_OTHER_USER = Principal(tenant_id="acme", user_id="u2")
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 
 # Names the policy denies (password_hash, internal_note and secret_plan explicitly or by omission,
 # org_id by omission): they must appear in no error.

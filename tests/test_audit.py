@@ -21,10 +21,9 @@ from ormai_agents._redact import REDACTED, redact_inputs
 from ormai_agents.audit import AuditRecord, JsonlAuditStore, MemoryAuditStore, SqlAuditStore, deliver
 from ormai_agents.core import AccessDeniedError
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, GLOBEX, Backend
 
 ACME = Principal(tenant_id="acme", user_id="u1", roles=("agent",))
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 SECRET = "S3CR3T-9f2c"
 
 STORE_KINDS = ["memory", "jsonl", "sql-sync", "sql-async"]
@@ -261,7 +260,7 @@ async def test_jsonl_concurrent_threads(tmp_path: Path) -> None:
     assert sorted(json.loads(x)["tenant_id"] for x in lines) == sorted(f"t{n}" for n in range(4) for _ in range(25))
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("engine_kind", ["sync", "async"])
 async def test_sql_store_in_a_separate_database(empty_backend: Backend, engine_kind: str, shop_backend: Backend) -> None:
     engine = empty_backend.sync_engine if engine_kind == "sync" else empty_backend.async_engine

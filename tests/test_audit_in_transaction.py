@@ -10,10 +10,10 @@ import pytest
 from ormai_agents import RowPolicy, RunContext, WriteNotAllowedError
 from ormai_agents.audit import SqlAuditStore
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, count, toolset, wb, write_policy  # noqa: F401
+from tests.conftest import ACME, BACKENDS, Backend
+from tests.writes_support import count, toolset, write_policy
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 
 async def test_write_record_commits_with_the_change(wb: Backend) -> None:

@@ -15,8 +15,8 @@ from ormai_agents import OrmAIError, RunContext
 from ormai_agents.audit import JsonlAuditStore, MemoryAuditStore, SqlAuditStore
 from ormai_agents.eval import outcome_of
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, count, ids, toolset, wb, wdb1  # noqa: F401
+from tests.conftest import ACME, BACKENDS, Backend
+from tests.writes_support import count, ids, toolset
 
 SECRET = "S3CR3T-wr1te"
 KINDS = ["memory", "jsonl", "sql-in-caller-tx", "sql-own-connection"]
@@ -58,7 +58,7 @@ async def contents(store: Any) -> str:
     return repr([r.to_dict() for r in store.records])
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_one_record_per_write_and_no_secrets(wb: Backend, wdb1: Any, tmp_path: Path, kind: str) -> None:
     store = await make_store(kind, wb, tmp_path)
@@ -103,7 +103,7 @@ async def test_one_record_per_write_and_no_secrets(wb: Backend, wdb1: Any, tmp_p
     await store.aclose()
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 async def test_in_caller_transaction_rolls_back_with_a_failed_write(wb: Backend, tmp_path: Path) -> None:
     store = SqlAuditStore(wb.async_engine, table_name=f"audit_{uuid.uuid4().hex[:8]}", in_caller_transaction=True)
     await store.create_table()

@@ -13,7 +13,7 @@ from ormai_agents.cli import app
 from ormai_agents.lint import lint_policy, table_candidates
 from ormai_agents.policy_file import dump_policy, load_policy, parse_policy
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, Backend
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_policy_file_extension_and_json_errors(tmp_path: Path) -> None:
 # --- lint ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 def test_lint_finds_every_flaw_with_and_without_models(empty_backend: Backend) -> None:
     _seeded(empty_backend)
     flawed = parse_policy(FLAWED)
@@ -276,6 +276,7 @@ def test_principal_from_file(tmp_path: Path) -> None:
     assert parse_principal(f"@{path}") == Principal(tenant_id="acme", roles=("support",))
 
 
+@pytest.mark.slow
 def test_console_script_is_declared_and_runs() -> None:
     import subprocess
     import sys

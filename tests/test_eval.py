@@ -24,9 +24,8 @@ from ormai_agents.eval import (
 )
 from ormai_agents.policy import FieldAction, FieldPolicy
 from tests import shop
+from tests.conftest import ACME, GLOBEX
 
-ACME = Principal(tenant_id="acme", user_id="u1")
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 SECRET = "S3CR3T-77aa"
 ALL = [no_cross_tenant_data, no_denied_fields, within_limits]
 

@@ -74,6 +74,7 @@ def _script(name: str, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_langchain_agent_runs_as_a_script() -> None:
     out = _script("langchain_agent.py", "--tenant", "globex")
     assert "Agent: You have 2 pending order(s)" in out and "tenant_id = 'globex'" in out
@@ -160,6 +161,7 @@ async def test_llamaindex_agent(tmp_path: Path, tenant: str) -> None:
     assert report["answer"] == "Those are your pending orders and counts by status."
 
 
+@pytest.mark.slow
 def test_llamaindex_agent_runs_as_a_script() -> None:
     out = _script("llamaindex_agent.py", "--tenant", "globex")
     assert "Agent: Those are your pending orders" in out and "tenant_id = 'globex'" in out

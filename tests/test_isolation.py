@@ -9,7 +9,6 @@ import pytest
 from ormai_agents import ModelPolicy, Policy, Principal, RunContext, Toolset
 from ormai_agents.eval import no_cross_tenant_data
 from ormai_agents.testing import IsolationReport, assert_tenant_isolation
-from ormai_agents.testing.pytest_plugin import ormai_harness, ormai_recorder, tenant_isolation  # noqa: F401
 from tests import shop
 
 PRINCIPALS = [Principal(tenant_id=t, user_id=f"user-{t}") for t in shop.TENANTS]
@@ -68,6 +67,7 @@ async def test_fixtures(tenant_isolation: Any, ormai_harness: Any, ormai_recorde
     assert result.passed and len(ormai_recorder.load()) == 1
 
 
+@pytest.mark.slow
 def test_testing_package_imports_no_framework() -> None:
     import subprocess
     import sys

@@ -21,11 +21,8 @@ from ormai_agents.audit import AuditRecord, MemoryAuditStore
 from ormai_agents.langchain import AUDIT_EVENT, OrmAICallbackHandler, OrmAIToolkit, principal_config
 from ormai_agents.testing import ScriptedChatModel, tool_call
 from tests import shop
-from tests.conftest import Backend, pg_url
+from tests.conftest import ACME, GLOBEX, INITECH, Backend, pg_url
 
-ACME = Principal(tenant_id="acme", user_id="u1")
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
-INITECH = Principal(tenant_id="initech", user_id="u3")
 NAME_RULE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 DENIED = ("password_hash", "internal_note", "secret_plan", "Document", "is_public", "documents")
 LEAKS = ("select ", "SELECT", "Traceback", "sqlite", "psycopg", "asyncpg", "File \"")
@@ -375,6 +372,7 @@ def test_tools_outside_a_run_still_work(shop_backend: Backend, toolset: Toolset)
     assert json.loads(out) == {"data": {"id": "initech", "name": "Initech"}}
 
 
+@pytest.mark.slow
 def test_testing_package_imports_no_framework() -> None:
     import os
     import subprocess

@@ -20,10 +20,10 @@ from ormai_agents.audit import MemoryAuditStore
 from ormai_agents.langchain import OrmAIToolkit
 from ormai_agents.testing import ScriptedChatModel, tool_call
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, ids, snapshot, toolset, wb, write_policy  # noqa: F401
+from tests.conftest import ACME, BACKENDS, Backend
+from tests.writes_support import ids, snapshot, toolset, write_policy
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 Order = shop.Order
 USER = {"messages": [("user", "mark my order as shipped")]}

@@ -379,6 +379,7 @@ def test_scripted_llm_rejects_malformed_scripts() -> None:
             ScriptedFunctionCallingLLM(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_imports_stay_lazy() -> None:
     code = (
         "import sys, ormai_agents, ormai_agents.testing;"

@@ -17,6 +17,7 @@ def test_the_notebooks_are_there() -> None:
     assert {"01_quickstart.ipynb", "02_multi_tenant_guide.ipynb", "03_llamaindex.ipynb"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_is_stored_clean(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)

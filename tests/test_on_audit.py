@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from ormai_agents import FieldNotAllowedError, Principal, RunContext, Toolset
+from ormai_agents import FieldNotAllowedError, RunContext, Toolset
 from ormai_agents.audit import AuditRecord, MemoryAuditStore
 from tests import shop
+from tests.conftest import ACME
 
-ACME = Principal(tenant_id="acme", user_id="u1")
 
 
 async def test_sync_and_async_sinks_see_every_outcome(shop_db: Any) -> None:

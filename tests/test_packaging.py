@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_import_pulls_in_no_framework() -> None:
     code = (
         "import sys, ormai_agents, ormai_agents.core, ormai_agents.policy, ormai_agents.audit;"

@@ -21,9 +21,8 @@ from ormai_agents import (
 )
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
+from tests.conftest import ACME, GLOBEX
 
-ACME = Principal(tenant_id="acme", user_id="u1")
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 
 
 @pytest.fixture(scope="module")

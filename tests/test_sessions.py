@@ -11,14 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ormai_agents._sessions import open_session
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, Backend
 
 
 async def _run(db: Any, stmt: Any) -> Any:
     return (await db.execute(stmt)) if isinstance(db, AsyncSession) else db.execute(stmt)
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kind", ["sync", "async", "awaitable"])
 async def test_commit_rollback_close(empty_backend: Backend, kind: str) -> None:
     shop.Base.metadata.create_all(empty_backend.sync_engine)

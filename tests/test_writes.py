@@ -25,10 +25,10 @@ from ormai_agents import (
 )
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, GLOBEX, count, ids, snapshot, toolset, wb, wdb, wdb1, write_policy  # noqa: F401
+from tests.conftest import ACME, BACKENDS, GLOBEX, Backend
+from tests.writes_support import count, ids, snapshot, toolset, write_policy
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 Order, Customer = shop.Order, shop.Customer
 

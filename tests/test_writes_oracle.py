@@ -20,7 +20,8 @@ from sqlalchemy.pool import StaticPool
 
 from ormai_agents import OrmAIError, RecordNotFoundError, RunContext, ValidationError, WriteNotAllowedError
 from tests import shop
-from tests.writes_support import ACME, GLOBEX, toolset
+from tests.conftest import ACME, GLOBEX
+from tests.writes_support import toolset
 
 Order = shop.Order
 SEED = [r for r in shop.seed_rows() if isinstance(r, Order)]

@@ -18,10 +18,10 @@ from ormai_agents import (
     WritePolicy,
 )
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, snapshot, toolset, wb, wdb  # noqa: F401
+from tests.conftest import ACME, BACKENDS, Backend
+from tests.writes_support import snapshot, toolset
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 
 def _policy() -> Policy:

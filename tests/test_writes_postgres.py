@@ -20,8 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from ormai_agents import RecordNotFoundError, RunContext, WriteOutcomeUnknownError
 from tests import shop
-from tests.conftest import Backend, pg_url
-from tests.writes_support import ACME, count, ids, toolset, wb  # noqa: F401
+from tests.conftest import ACME, Backend, pg_url
+from tests.writes_support import count, ids, toolset
 
 pytestmark = pytest.mark.parametrize("empty_backend", ["postgres"], indirect=True)
 
