@@ -94,6 +94,7 @@ def _runnable(page: Path) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if _runnable(p)], ids=_page_id)
 def test_python_blocks_run_as_pasted(page: Path, tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
@@ -170,6 +171,7 @@ def test_every_page_is_in_the_nav() -> None:
     assert sorted(listed - pages) == [], "the nav names pages that don't exist"
 
 
+@pytest.mark.slow
 def test_site_builds_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     out = subprocess.run(

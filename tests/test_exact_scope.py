@@ -35,8 +35,7 @@ from ormai_agents import (
 )
 from tests import shop
 from tests._truth import walk
-from tests.conftest import Backend
-from tests.writes_support import sqlite_savepoints
+from tests.conftest import Backend, sqlite_savepoints
 
 Order, Customer = shop.Order, shop.Customer
 

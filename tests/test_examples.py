@@ -234,6 +234,7 @@ async def test_mcp_server_example_over_http(tmp_path: Path) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 def test_mcp_server_example_runs_as_a_stdio_server(tmp_path: Path) -> None:
     import asyncio
 

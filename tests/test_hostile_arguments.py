@@ -27,7 +27,6 @@ from ormai_agents import (
     ModelPolicy,
     OrmAIError,
     Policy,
-    Principal,
     RunContext,
     Toolset,
     ValidationError,
@@ -38,9 +37,8 @@ from ormai_agents.audit import MemoryAuditStore
 from tests import shop
 from tests._truth import rows as db_rows
 from tests._truth import scalars
-from tests.conftest import Backend, pg_url
+from tests.conftest import ACME, BACKENDS, Backend, pg_url
 
-ACME = Principal(tenant_id="acme", user_id="u1")
 KEY = b"hostile-arguments" * 2
 Order, Customer = shop.Order, shop.Customer
 
@@ -250,7 +248,7 @@ SLOW_VIEWS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 async def test_calls_over_the_time_budget_are_stopped_and_reported(empty_backend: Backend) -> None:
     backend = empty_backend
     with backend.sync_engine.begin() as conn:

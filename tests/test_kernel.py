@@ -21,8 +21,8 @@ from ormai_agents.langchain import OrmAIToolkit
 from ormai_agents.llamaindex import OrmAIToolSpec
 from ormai_agents.testing import tool_call
 from tests import shop
-from tests.conftest import Backend
-from tests.writes_support import ACME, snapshot, toolset, wb, write_policy  # noqa: F401
+from tests.conftest import ACME, BACKENDS, Backend
+from tests.writes_support import snapshot, toolset, write_policy
 
 SSN = "001-00-0001"
 
@@ -192,7 +192,7 @@ class DictApprovalStore(ApprovalDecisions):
         return list(self.items.values())[:limit]
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("approve", [True, False])
 async def test_a_decision_runs_or_refuses_the_write_through_the_store_protocol(wb: Backend, approve: bool) -> None:
     store = DictApprovalStore()

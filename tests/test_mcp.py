@@ -34,11 +34,10 @@ from ormai_agents.llamaindex import OrmAIToolSpec
 from ormai_agents.mcp import OrmAIMCPServer, create_server
 from ormai_agents.testing import ScriptedChatModel, ScriptedFunctionCallingLLM, tool_call
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import ACME, BACKENDS, GLOBEX, Backend
 from tests.test_kernel import CALLS, same
-from tests.writes_support import ACME, snapshot, toolset, wb, write_policy  # noqa: F401
+from tests.writes_support import snapshot, toolset, write_policy
 
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 KEY = b"mcp-test-key-32-bytes-long-okay!"
 
 
@@ -262,7 +261,7 @@ def _elicitation(action: str, content: dict[str, Any] | None, asked: list[str]) 
     return answer
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize(
     ("action", "content", "expected"),
     [
@@ -381,6 +380,7 @@ async def test_unexpected_errors_are_the_hosts_to_see(caplog: pytest.LogCaptureF
     assert any("hunter2" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
 
+@pytest.mark.slow
 def test_importing_ormai_agents_or_its_command_loads_no_mcp() -> None:
     import os
     import subprocess

@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session
 from ormai_agents import page_records
 from ormai_agents.demo import Base, Order, seed_shop
 
+pytestmark = pytest.mark.slow  # every test here starts the server as a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "examples" / "shop_policy.yaml"
 TOKENS = {"acme-token-1f6c0e9a7d": {"tenant_id": "acme", "user_id": "ann"}, "globex-token-83b2d4c51e": {"tenant_id": "globex", "user_id": "gus"}}

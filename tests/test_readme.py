@@ -39,6 +39,7 @@ def test_the_readme_is_short_and_points_to_the_docs() -> None:
         assert f"(docs/{page}.md)" in README, page
 
 
+@pytest.mark.slow
 def test_quickstart_scopes_and_ends_in_an_agent_run(tmp_path: Path) -> None:
     path = tmp_path / "readme.py"
     path.write_text(script(README), encoding="utf-8")
