@@ -200,7 +200,7 @@ async def test_mcp_server_example_over_http(tmp_path: Path) -> None:
     import socket
 
     import httpx
-    from mcp import ClientSession
+    from mcp import ClientSession, types
     from mcp.client.streamable_http import streamable_http_client
 
     example = _load("mcp_server")
@@ -218,15 +218,23 @@ async def test_mcp_server_example_over_http(tmp_path: Path) -> None:
                 break
             except httpx.ConnectError:
                 await asyncio.sleep(0.05)
-        counts = {}
+        counts, updates = {}, {}
+
+        async def approve(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            return types.ElicitResult(action="accept", content={"approve": True})  # asked mid-call, over SSE
+
         for token, who in example.API_KEYS.items():
             http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"})
             async with http, streamable_http_client(url, http_client=http) as (read, write, _):
-                async with ClientSession(read, write) as client:
+                async with ClientSession(read, write, elicitation_callback=approve) as client:
                     await client.initialize()
                     out = await client.call_tool("aggregate", {"model": "Order", "group_by": ["tenant_id"]})
                     counts[who.tenant_id] = json.loads(out.content[0].text)["groups"]  # type: ignore[union-attr]
+                    changed = await client.call_tool("update_order", {"id": 6, "data": {"status": "shipped"}})
+                    updates[who.tenant_id] = json.loads(changed.content[0].text)  # type: ignore[union-attr]
         assert counts == {t: [{"tenant_id": t, "value": 5}] for t in ("acme", "globex")}
+        assert updates["acme"]["error"] == "not_found"  # order 6 is globex's: approving never widens the scope
+        assert updates["globex"]["data"]["status"] == "shipped"
     finally:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
