@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from ormai_agents._context import AuditSink, Principal, RunContext
 from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError, ValidationError
 from ormai_agents._sessions import SessionFactory, open_session
-from ormai_agents._toolspecs import ToolSpec, jsonable, render, tool_name
+from ormai_agents._toolspecs import ArgumentError, ToolSpec, jsonable, render, tool_name
 from ormai_agents.toolset import Toolset
 
 log = logging.getLogger("ormai_agents")
@@ -92,19 +92,33 @@ class ToolRunner:
         if not spec.requires_approval or not isinstance(principal, Principal) or not isinstance(arguments, Mapping):
             return None
         try:
-            self.toolset.check_write(spec.model or "", spec.method, dict(arguments))
-        except OrmAIError:
+            _, call = spec.prepare(arguments)  # the toolset's arguments: what would be approved
+            self.toolset.check_write(spec.model or "", spec.method, call)
+        except (OrmAIError, ArgumentError):
             return None
         return {
             "type": "ormai_approval",
             "tool": spec.name,
             "operation": spec.method,
             "model": spec.model,
-            "arguments": jsonable(arguments),
+            "arguments": jsonable(call),
             "tenant_id": jsonable(principal.tenant_id),
             "user_id": jsonable(principal.user_id),
             "description": spec.description,
         }
+
+    async def approval_target_visible(self, spec: ToolSpec, principal: Principal, arguments: Any) -> bool:
+        """Whether the record a write needing approval names is one the principal may change,
+        checked in a session of its own before anyone is asked (see `approval_request`). False
+        when it can't be told: the call then runs, and the toolset refuses and audits it."""
+        try:
+            _, call = spec.prepare(arguments)
+            async with open_session(self.session_factory) as db:
+                ctx = RunContext(principal, db)
+                return await self.toolset.write_target_exists(ctx, spec.model or "", spec.method, call)
+        except Exception:
+            log.debug("ormai_agents: could not check the target of %s before asking for approval", spec.name, exc_info=True)
+            return False
 
     async def call(
         self,

@@ -40,7 +40,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
@@ -298,59 +298,67 @@ class ToolSpec:
     def argument_names(self) -> tuple[str, ...]:
         return tuple(self.args_model.model_fields)
 
-    async def run(self, toolset: Toolset, ctx: RunContext, arguments: Any) -> Any:
-        """Run the tool with the LLM's arguments, exactly as sent; raises OrmAIError subclasses.
+    def prepare(self, arguments: Any) -> tuple[Any, dict[str, Any]]:
+        """The Toolset call the model's arguments make: (model, keyword arguments).
 
-        Every call reaches the Toolset and is audited, a malformed one included. A null argument
-        means "not given"; in `data`, a null field is not written (`clear` sets fields to null).
-        """
+        A null argument means "not given"; in `data`, a null field is not written, and `clear`
+        names the fields to set to null. Raises `ArgumentError` for arguments the tool does not
+        take (without echoing their names: one may be a denied field's)."""
         if arguments is None:
             arguments = {}
         model = self.model if self.model is not None else (arguments.get("model") if isinstance(arguments, Mapping) else None)
         if not isinstance(arguments, Mapping) or not all(isinstance(k, str) for k in arguments):
-            await self._refuse(toolset, ctx, model, {}, f"{self.name} takes an object of named arguments")
+            raise ArgumentError(f"{self.name} takes an object of named arguments", model, {})
         args = dict(arguments)
         names = self.argument_names
         unknown = [k for k in args if k not in names]
         if unknown:
-            # The unknown names are neither echoed nor recorded: one may be a denied field's name.
             known = {k: v for k, v in args.items() if k in names}
-            await self._refuse(
-                toolset, ctx, model, {**known, "unknown_arguments": len(unknown)},
+            raise ArgumentError(
                 f"{self.name} takes only these arguments: {', '.join(names) or '(none)'}",
+                model, {**known, "unknown_arguments": len(unknown)},
             )  # fmt: skip
         if self.method == "describe_schema":
-            return await toolset.describe_schema(ctx)
+            return None, {}
         if model is None:
-            await self._refuse(toolset, ctx, None, args, f"{self.name} needs a model")
-        if "clear" in names:
-            args = await self._fold_clear(toolset, ctx, model, args)
-        elif self.method == "create" and isinstance(args.get("data"), Mapping):
-            args["data"] = {k: v for k, v in args["data"].items() if v is not None}
+            raise ArgumentError(f"{self.name} needs a model", None, args)
+        data = args.get("data")
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if v is not None}
+            clear = args.pop("clear", None)
+            if clear is not None:
+                if not isinstance(clear, list) or not all(isinstance(c, str) for c in clear):
+                    raise ArgumentError("clear must be a list of field names", model, {**args, "clear": clear})
+                if set(clear) & set(data):
+                    raise ArgumentError("A field can't be both given a value and cleared", model, {**args, "clear": clear})
+                data.update(dict.fromkeys(clear))
+            args["data"] = data
         operation = OPERATIONS[self.method]
         call = {n: args.get(n) for n in operation.arguments if args.get(n) is not None or n in operation.required}
+        return model, call
+
+    async def run(self, toolset: Toolset, ctx: RunContext, arguments: Any) -> Any:
+        """Run the tool with the model's arguments; raises OrmAIError subclasses.
+
+        Every call reaches the Toolset and is audited, a malformed one included."""
+        try:
+            model, call = self.prepare(arguments)
+        except ArgumentError as refused:
+            inputs = {k: v for k, v in refused.inputs.items() if k != "model"}  # the record has its own model
+            await toolset.refuse(ctx, self.method, ValidationError(refused.message), model=refused.model, inputs=inputs)
+        if self.method == "describe_schema":
+            return await toolset.describe_schema(ctx)
         return await getattr(toolset, self.method)(ctx, model=model, **call)
 
-    async def _fold_clear(self, toolset: Toolset, ctx: RunContext, model: Any, args: dict[str, Any]) -> dict[str, Any]:
-        clear = args.pop("clear", None)
-        data = args.get("data")
-        if not isinstance(data, Mapping):
-            return args  # the Toolset explains what data must be
-        data = {k: v for k, v in data.items() if v is not None}
-        if clear is not None:
-            if not isinstance(clear, list) or not all(isinstance(c, str) for c in clear):
-                await self._refuse(toolset, ctx, model, {**args, "clear": clear}, "clear must be a list of field names")
-            if set(clear) & set(data):
-                await self._refuse(
-                    toolset, ctx, model, {**args, "clear": clear}, "A field can't be both given a value and cleared"
-                )
-            data.update(dict.fromkeys(clear))
-        args["data"] = data
-        return args
 
-    async def _refuse(self, toolset: Toolset, ctx: RunContext, model: Any, args: dict[str, Any], message: str) -> NoReturn:
-        inputs = {k: v for k, v in args.items() if k != "model"}  # the record has its own model
-        await toolset.refuse(ctx, self.method, ValidationError(message), model=model, inputs=inputs)
+class ArgumentError(Exception):
+    """Arguments a tool does not take (see `ToolSpec.prepare`): refused, and audited by `run`."""
+
+    def __init__(self, message: str, model: Any, inputs: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.inputs = inputs
 
 
 def snake(name: str) -> str:

@@ -375,6 +375,18 @@ async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval:
         args = normalize_arguments(op, args)  # the JSON form is what is stored, approved and run
     change = parse_change(wplan, op, args)
     if needs_approval:
+        # Nobody is asked to approve a write that can't happen: the record it names must be one
+        # the principal may change (a bulk update matching nothing changes nothing, unapproved).
+        db = call.ctx.db
+        fresh = call.opened if call.opened is not None else not db.in_transaction()
+        exists = await _target_exists(wplan, where, change, db, call.deadline)
+        if fresh:  # the check's read began the transaction: end it, the host's session stays as it was
+            await _aw(db.rollback())
+        if not exists:
+            if op != "bulk_update":
+                raise _not_found(plan)
+            call.row_count = 0
+            return WriteResult({"updated_count": 0})
         approval_id = await toolset._approvals.submit(principal, op, plan.name, args)
         raise ApprovalRequiredError(
             f"This {op} on {plan.name} needs a person's approval before it runs, so nothing was written yet. "
@@ -394,6 +406,38 @@ async def perform(toolset: Toolset, call: _Call, args: dict[str, Any], approval:
     return result
 
 
+def _not_found(plan: ModelPlan) -> RecordNotFoundError:
+    return RecordNotFoundError(
+        f"No {plan.name} with that id is visible to you, or you may only read it. Use query to find "
+        "the records you can see."
+    )
+
+
+async def _target_exists(wplan: WritePlan, where: Where, change: Change, db: Any, deadline: float | None) -> bool:
+    """Whether the record an update or delete names (a record a bulk update's filters match) is
+    one the principal may change; True for a create."""
+    if change.op == "create":
+        return True
+    plan = wplan.plan
+    assert wplan.table is not None
+    match = [c == v for c, v in zip(plan.pk_columns, change.key)] if change.key is not None else change.filters
+    stmt = sql_select(*plan.pk_columns).select_from(wplan.table).where(*match, *where.write_clauses).limit(1)
+    return bool((await _run(db, stmt, deadline)).all())
+
+
+async def target_exists(toolset: Toolset, ctx: Any, model: Any, op: str, args: Mapping[str, Any]) -> bool:
+    """`_target_exists` for a write's arguments (see `Toolset.write_target_exists`)."""
+    plan = toolset.plan(model)
+    write_action(plan, op)
+    change = parse_change(toolset._write_plans[plan.name], op, normalize_arguments(op, args))
+    fresh = not ctx.db.in_transaction()
+    try:
+        return await _target_exists(toolset._write_plans[plan.name], plan.where(ctx.principal), change, ctx.db, None)
+    finally:
+        if fresh:  # a read of ours began the transaction: leave the session as it was
+            await _quiet_rollback(ctx.db)
+
+
 async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, change: Change, db: Any) -> WriteResult:
     plan = wplan.plan
     table = wplan.table
@@ -408,10 +452,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     # the same transaction.
     caps = capabilities(await _dialect(db))
     check = and_(*where.write_clauses).label("_check") if where.write_clauses else true().label("_check")
-    not_found = RecordNotFoundError(
-        f"No {plan.name} with that id is visible to you, or you may only read it. Use query to find "
-        "the records you can see."
-    )
+    not_found = _not_found(plan)
     check_failed = WriteNotAllowedError(_CHECK_FAILED.format(model=plan.name))
 
     def run(stmt: Any) -> Awaitable[Any]:
@@ -679,6 +720,7 @@ __all__ = [
     "perform",
     "precheck",
     "refusals",
+    "target_exists",
     "writable_fields",
     "write_action",
 ]

@@ -163,10 +163,12 @@ class OrmAITool(BaseTool):
         return await super().ainvoke(input, self._traced(config), **kwargs)
 
     def _traced(self, config: RunnableConfig | None) -> RunnableConfig | None:
-        # Bound tools carry the principal in their own metadata; unbound ones add it per call.
-        if self.principal is not None:
-            return config
-        principal = (config or {}).get("configurable", {}).get("principal")
+        # The principal's tenant and user go into the run's inheritable metadata, bound tools'
+        # and per-call principals alike, so the tool's run and everything it emits (the audit
+        # events included) carry what `principal_config` puts on a whole run.
+        principal = self.principal
+        if principal is None:
+            principal = (config or {}).get("configurable", {}).get("principal")
         if not isinstance(principal, Principal):
             return config
         config = ensure_config(config)
@@ -178,13 +180,16 @@ class OrmAITool(BaseTool):
             principal = (config or {}).get("configurable", {}).get("principal")
         return principal if isinstance(principal, Principal) else None
 
-    def _ask(self, principal: Principal | None, arguments: dict[str, Any]) -> Decision | None:
-        """For a write that needs approval: pause the graph until the host resumes it with a
-        decision. None outside a LangGraph run (no interrupt possible)."""
+    def _request(self, principal: Principal | None, arguments: dict[str, Any]) -> dict[str, Any] | None:
         if interrupt is None or principal is None:
             return None
-        request = self.runner.approval_request(self.spec, principal, arguments)
-        if request is None:
+        return self.runner.approval_request(self.spec, principal, arguments)
+
+    def _ask(self, request: dict[str, Any] | None) -> Decision | None:
+        """For a write that needs approval: pause the graph until the host resumes it with a
+        decision. None outside a LangGraph run (no interrupt possible) or with no request (the
+        write would fail anyway, or its record is not one the principal may change)."""
+        if request is None or interrupt is None:
             return None
         try:
             answer = interrupt(request)
@@ -195,7 +200,12 @@ class OrmAITool(BaseTool):
     def _run(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
         # `self` is positional-only so that an argument named "self" is just an unknown argument.
         principal = self._principal(config)
-        decision = self._ask(principal, arguments)  # may pause the graph (raises GraphInterrupt)
+        request = self._request(principal, arguments)
+        if request is not None and principal is not None:
+            runner, spec = self.runner, self.spec
+            if not _run_blocking(lambda: runner.approval_target_visible(spec, principal, arguments)):
+                request = None
+        decision = self._ask(request)  # may pause the graph (raises GraphInterrupt)
         records: list[AuditRecord] = []
         try:
             reply = _run_blocking(
@@ -208,7 +218,14 @@ class OrmAITool(BaseTool):
 
     async def _arun(self, /, *, config: RunnableConfig, **arguments: Any) -> str:
         principal = self._principal(config)
-        decision = self._ask(principal, arguments)
+        request = self._request(principal, arguments)
+        if (
+            request is not None
+            and principal is not None
+            and not await self.runner.approval_target_visible(self.spec, principal, arguments)
+        ):
+            request = None
+        decision = self._ask(request)  # may pause the graph (raises GraphInterrupt)
         records: list[AuditRecord] = []
         try:
             reply = await self.runner.call(self.spec, principal, arguments, on_audit=records.append, decision=decision)

@@ -277,8 +277,8 @@ class OrmAIMCPServer(Server[Any, Any]):
         if principal is None:
             return None
         request = self._runner.approval_request(spec, principal, arguments)
-        if request is None:
-            return None
+        if request is None or not await self._runner.approval_target_visible(spec, principal, arguments):
+            return None  # nothing to approve: the write runs, is refused and audited
         ctx = self.request_context
         if not ctx.session.check_client_capability(types.ClientCapabilities(elicitation=types.ElicitationCapability())):
             return None

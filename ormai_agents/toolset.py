@@ -322,6 +322,17 @@ class Toolset:
             raise error
         raise error  # not reached: the call re-raises (mypy can't tell from __aexit__'s bool)
 
+    async def write_target_exists(self, ctx: RunContext, model: str, operation: str, arguments: dict[str, Any]) -> bool:
+        """Whether the record an update or delete names (for bulk_update: a record its filters
+        match) is one the principal may change; True for create. Raises what `check_write` raises.
+
+        For approval flows: nobody should be asked to approve a write that can't happen. Not
+        audited (nothing ran); the write itself, when called, is checked and audited as usual.
+        """
+        if operation not in _writes.OPERATIONS:
+            raise ValidationError(f"operation must be one of: {', '.join(_writes.OPERATIONS)}")
+        return await _writes.target_exists(self, ctx, model, operation, arguments)
+
     def check_write(self, model: str, operation: str, arguments: dict[str, Any]) -> None:
         """Raise the OrmAIError a write would raise on its arguments alone, without a database.
 

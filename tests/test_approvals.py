@@ -202,3 +202,55 @@ async def test_invalid_requests_are_refused_before_anyone_is_asked(wb: Backend, 
             await ts.create(RunContext(Principal(user_id="nobody"), db), "Order", {"total": 1})
         assert denied.value.code == "access_denied"
     assert await store.list() == []
+
+
+@pytest.mark.parametrize("session_kind", ["sync", "async"])
+async def test_a_write_that_cant_happen_is_never_put_to_a_person(wb: Backend, session_kind: str) -> None:
+    """The record an update or delete names must be one the principal may change before anyone is
+    asked: another tenant's record and a missing one give the same not_found, and no approval."""
+    audit = MemoryAuditStore()
+    ts = toolset(APPROVAL, audit_store=audit)
+    foreign = ids(wb, Order, Order.tenant_id == "globex")[0]
+    own = ids(wb, Order, Order.tenant_id == "acme")[0]
+    before = snapshot(wb, Order)
+    session = wb.session() if session_kind == "sync" else wb.async_session()
+    async with session if session_kind == "async" else _sync(session) as db:
+        ctx = RunContext(ACME, db)
+        messages = []
+        for target in (foreign, 10_000):
+            with pytest.raises(RecordNotFoundError) as refused:
+                await ts.update(ctx, "Order", target, {"status": "x"})
+            messages.append(refused.value.message)
+            with pytest.raises(RecordNotFoundError):
+                await ts.delete(ctx, "Order", target)
+            assert not await ts.write_target_exists(ctx, "Order", "update", {"id": target, "data": {"status": "x"}})
+        assert messages[0] == messages[1]  # nothing tells another tenant's record from a missing one
+        # A bulk update matching no record the principal may change changes nothing: no approval.
+        nothing = await ts.bulk_update(ctx, "Order", [{"field": "id", "op": "eq", "value": foreign}], {"status": "x"})
+        assert nothing.data == {"updated_count": 0}
+        assert await ts.approval_store.list(tenant_id="acme") == []
+        # The principal's own record still needs a person's approval.
+        assert await ts.write_target_exists(ctx, "Order", "update", {"id": own, "data": {"status": "x"}})
+        with pytest.raises(ApprovalRequiredError):
+            await ts.update(ctx, "Order", own, {"status": "x"})
+        assert db.in_transaction() is False  # the check left no transaction open in the host's session
+    assert snapshot(wb, Order) == before
+    assert len(await ts.approval_store.list(tenant_id="acme")) == 1
+    outcomes = [(r.tool_name, r.error_code) for r in audit.records]
+    assert outcomes == [("update", "not_found"), ("delete", "not_found")] * 2 + [
+        ("bulk_update", None),
+        ("update", "approval_required"),
+    ]
+
+
+class _sync:
+    """`async with` over a sync Session."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> Any:
+        return self.session.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.session.__exit__(*exc)

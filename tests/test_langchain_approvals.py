@@ -99,18 +99,24 @@ async def test_rejected_write_tells_the_model_and_writes_nothing(wb: Backend, ki
     assert (approval.status, approval.decided_by) == (ApprovalStatus.Rejected, "bob")
 
 
-async def test_approval_never_widens_the_scope(wb: Backend) -> None:
-    # The agent asks to change another tenant's order; a careless person approves it.
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_write_on_a_record_the_principal_cant_change_is_never_put_to_a_person(wb: Backend, kind: str) -> None:
+    # The agent asks to change another tenant's order, then one that does not exist: nobody is
+    # asked to approve either; the model hears not_found at once, the same for both.
     ts = approval_toolset()
-    foreign = ids(wb, Order, Order.tenant_id == "globex")[0]
     before = snapshot(wb, Order)
-    agent = agent_for(wb, ts, "async", foreign)
-    await step(agent, "async", USER, "t3")
-    done = await step(agent, "async", Command(resume=True), "t3")
-    (msg,) = [m for m in done["messages"] if isinstance(m, ToolMessage)]
-    assert msg.status == "error" and json.loads(msg.content)["error"] == "not_found"
-    assert "globex" not in msg.content
+    for n, target in enumerate([ids(wb, Order, Order.tenant_id == "globex")[0], 10_000]):
+        agent = agent_for(wb, ts, kind, target)
+        done = await step(agent, kind, USER, f"t3-{n}")
+        assert "__interrupt__" not in done
+        (msg,) = [m for m in done["messages"] if isinstance(m, ToolMessage)]
+        assert msg.status == "error" and json.loads(msg.content)["error"] == "not_found"
+        assert "globex" not in msg.content
+        assert done["messages"][-1].content == "done"
     assert snapshot(wb, Order) == before
+    assert await ts.approval_store.list(tenant_id="acme") == []
+    audit = [(r.tool_name, r.outcome, r.error_code) for r in ts.audit_store.records]
+    assert audit == [("update", "error", "not_found")] * 2  # both refusals are audited
 
 
 async def test_outside_a_graph_the_model_hears_the_approval_id(wb: Backend) -> None:
