@@ -139,6 +139,11 @@ async def test_streamable_http_two_tenants_at_once(shop_db: Path, http_server: t
             refused = await http.post(url, json=initialize, headers={**headers, **auth})
             assert refused.status_code == 401 and "Bearer" in refused.headers["www-authenticate"]
             assert "acme" not in refused.text
+        # A valid token from a page whose name resolved to this machine (DNS rebinding): refused.
+        auth = {"Authorization": "Bearer acme-token-1f6c0e9a7d"}
+        for spoofed in ({"Host": "rebind.example"}, {"Origin": "http://rebind.example"}):
+            rebound = await http.post(url, json=initialize, headers={**headers, **auth, **spoofed})
+            assert rebound.status_code in (421, 403), spoofed
 
     async def tenant_calls(token: str) -> tuple[str, list[types.CallToolResult]]:
         tenant = TOKENS[token]["tenant_id"]
