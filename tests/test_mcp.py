@@ -395,3 +395,23 @@ def test_importing_ormai_agents_or_its_command_loads_no_mcp() -> None:
     env = {**os.environ, "PYTHONPATH": str(root)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
     assert out.stdout.strip() == "[]"
+
+
+async def test_token_verification_through_the_hosts_resolver(caplog: pytest.LogCaptureFixture) -> None:
+    from ormai_agents.mcp import _PrincipalToken, _TokenVerifier
+
+    async def lookup(token: str) -> Principal | None:  # async resolvers are awaited
+        return GLOBEX if token == "g" * 20 else None
+
+    def broken(token: str) -> Principal | None:
+        raise RuntimeError("key store down")
+
+    good = await _TokenVerifier(lookup).verify_token("g" * 20)
+    assert isinstance(good, _PrincipalToken) and good._principal == GLOBEX
+    assert "g" * 20 not in good.model_dump_json()  # the token is not kept
+    other = await _TokenVerifier(lambda t: GLOBEX).verify_token("h" * 20)
+    assert other is not None and other.client_id != good.client_id  # sessions bind to their token
+    assert await _TokenVerifier(lookup).verify_token("nope") is None
+    assert await _TokenVerifier(lambda t: {"tenant_id": "globex"}).verify_token("g" * 20) is None  # type: ignore[arg-type,return-value]
+    assert await _TokenVerifier(broken).verify_token("g" * 20) is None
+    assert any("key store down" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
