@@ -33,6 +33,8 @@ from ormai_agents.policy import FieldAction, FieldPolicy, ModelPolicy, Policy, W
 from ormai_agents.toolset import Toolset
 
 __all__ = [
+    "DemoDatabaseError",
+    "is_demo_database",
     "Base",
     "Order",
     "Tenant",
@@ -194,14 +196,43 @@ class DemoReport:
         return bool(self.checks) and all(ok for _, ok in self.checks)
 
 
-def run_demo(db_path: str | Path | None = None) -> DemoReport:
+# SQLite's header field for "which application's file is this": "orma". A file without it is
+# not the demo's, and the demo never overwrites it.
+_APPLICATION_ID = 0x6F726D61
+
+
+class DemoDatabaseError(ValueError):
+    """The path given for the demo database can't be used (it is another file, or a directory)."""
+
+
+def is_demo_database(path: str | Path) -> bool:
+    """Whether `path` is a SQLite file written by the demo (its header carries the demo's mark)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except OSError:
+        return False
+    return len(header) == 100 and header[:16] == b"SQLite format 3\x00" and int.from_bytes(header[68:72], "big") == _APPLICATION_ID
+
+
+def run_demo(db_path: str | Path | None = None, *, force: bool = False) -> DemoReport:
     """Seed the shop in SQLite (a temporary file unless `db_path` is given) and play the
-    conversation for acme and globex through a LangChain agent; returns the report."""
+    conversation for acme and globex through a LangChain agent; returns the report.
+
+    An existing `db_path` is replaced only when it is an earlier demo database, or with
+    `force=True`; anything else raises `DemoDatabaseError` and is left untouched.
+    """
     if db_path is None:
         with tempfile.TemporaryDirectory(prefix="ormai-demo-") as tmp:
             return _run(Path(tmp) / "shop.db")
     path = Path(db_path)
+    if path.is_dir():
+        raise DemoDatabaseError(f"{path} is a directory; give the path of a database file")
+    if not path.parent.is_dir():
+        raise DemoDatabaseError(f"the directory {path.parent} does not exist")
     if path.exists():
+        if not force and not is_demo_database(path):
+            raise DemoDatabaseError(f"{path} exists and is not an ormai-agents demo database, so it was left untouched")
         path.unlink()
     return _run(path)
 
@@ -215,6 +246,8 @@ def _run(path: Path) -> DemoReport:
 
     engine = create_engine(f"sqlite:///{path}")
     try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"PRAGMA application_id = {_APPLICATION_ID}")
         Base.metadata.create_all(engine)
         with Session(engine) as session:
             seed_shop(session)

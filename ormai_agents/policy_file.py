@@ -82,9 +82,13 @@ def parse_policy(text: str, format: Format = "yaml", *, source: str = "<policy>"
 
 
 def policy_from_data(data: Any, *, source: str = "<policy>") -> Policy:
-    """A policy from already-parsed data (a dict shaped like the file format)."""
-    if data is None:
-        data = {}
+    """A policy from already-parsed data (a dict shaped like the file format).
+
+    An empty file is refused: a policy that names no model denies everything, which is never
+    what a file was written for.
+    """
+    if data is None or data == {}:
+        raise PolicyError(f"{source}: the policy file is empty; it needs a 'models' mapping")
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the top level of a policy file must be a mapping with a 'models' key")
     try:

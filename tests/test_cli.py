@@ -285,5 +285,264 @@ def test_console_script_is_declared_and_runs() -> None:
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["ormai-agents"] == "ormai_agents.cli:main"
-    out = subprocess.run([sys.executable, "-m", "ormai_agents.cli", "--help"], capture_output=True, text=True, cwd=root)
+    out = subprocess.run([sys.executable, "-m", "ormai_agents.cli", "--help"], capture_output=True, text=True, cwd=root, check=False)
     assert out.returncode == 0 and "lint" in out.stdout and "schema" in out.stdout
+
+
+# --- every command: help, version, and one-line errors ------------------------------------------
+
+
+def test_help_lists_every_command_and_version() -> None:
+    from ormai_agents import __version__
+    from ormai_agents.cli._app import COMMANDS
+
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    listed = result.output.split("Commands:")[1]
+    assert sorted(
+        line.split()[0] for line in listed.splitlines() if line.strip()
+    ) == sorted(COMMANDS)
+    assert {"demo", "schema", "lint", "rls", "audit"} <= set(COMMANDS)
+    result = runner.invoke(app, ["--version"])
+    assert (
+        result.exit_code == 0 and result.output.strip() == f"ormai-agents {__version__}"
+    )
+    # Flags read as flags: no value shown after --json or --apply.
+    for command, flag in (
+        ("lint", "--json"),
+        ("schema", "--json"),
+        ("audit", "--json"),
+        ("rls", "--apply"),
+        ("demo", "--force"),
+    ):
+        text = runner.invoke(app, [command, "--help"]).output
+        line = next(line for line in text.splitlines() if line.strip().startswith(flag))
+        assert line.strip().split()[1][0].isupper(), (
+            line
+        )  # the help text follows, not a metavar like <bool>
+
+
+def _one_line_error(args: list[str], *needles: str, cwd: Path | None = None) -> str:
+    """Run the real command in a subprocess: exit 2, one line on stderr naming the cause."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "ormai_agents.cli", *args], capture_output=True, text=True, cwd=cwd or root,
+                         env=env, timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_database_errors_name_their_cause(tmp_path: Path) -> None:
+    policy = _write(tmp_path, "good.yaml", GOOD)
+    shop_db = tmp_path / "shop.db"
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{shop_db}")
+    shop.Base.metadata.create_all(engine)
+    engine.dispose()
+    closed = "postgresql://postgres@127.0.0.1:9/test"  # port 9 (discard): nothing listens there
+    principal = '{"tenant_id": "acme"}'
+    cases = [
+        (["lint", "--db", closed, "--policy", str(policy)], "127.0.0.1:9", "refused"),
+        (
+            [
+                "schema",
+                "--db",
+                closed,
+                "--policy",
+                str(policy),
+                "--principal",
+                principal,
+            ],
+            "127.0.0.1:9",
+            "refused",
+        ),
+        (["rls", "--db", closed, "--policy", str(policy)], "127.0.0.1:9", "refused"),
+        (
+            ["audit", "--store", f"sql:{closed}", "--tenant", "acme"],
+            "127.0.0.1:9",
+            "refused",
+        ),
+        (
+            [
+                "lint",
+                "--db",
+                "postgresql://postgres@127.0.0.1:5432/ormai_no_such_db",
+                "--policy",
+                str(policy),
+            ],
+            "ormai_no_such_db",
+        ),
+        (
+            [
+                "lint",
+                "--db",
+                f"sqlite:///{tmp_path}/nowhere/x.db",
+                "--policy",
+                str(policy),
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "lint",
+                "--db",
+                "mysql+mysqldb://root@127.0.0.1:9/test",
+                "--policy",
+                str(policy),
+            ],
+            "MySQLdb",
+            ".[mysql]",
+        ),
+        (["lint", "--db", "not a url", "--policy", str(policy)], "not a database URL"),
+        (
+            ["lint", "--db", "nosuchdialect://x", "--policy", str(policy)],
+            "nosuchdialect",
+        ),
+        (
+            [
+                "lint",
+                "--db",
+                f"sqlite:///{shop_db}",
+                "--policy",
+                str(tmp_path / "missing.yaml"),
+            ],
+            "missing.yaml",
+        ),
+        (["lint", "--db", f"sqlite:///{shop_db}"], "--policy"),
+        (
+            [
+                "lint",
+                "--db",
+                f"sqlite:///{shop_db}",
+                "--policy",
+                str(policy),
+                "--bogus",
+            ],
+            "--bogus",
+        ),
+        (
+            [
+                "audit",
+                "--store",
+                "sql:postgresql+nosuchdriver://127.0.0.1:9/x",
+                "--tenant",
+                "acme",
+            ],
+            "nosuchdriver",
+        ),
+        (
+            [
+                "audit",
+                "--store",
+                f"jsonl:{tmp_path / 'none.jsonl'}",
+                "--tenant",
+                "acme",
+            ],
+            "none.jsonl",
+        ),
+        (["nosuchcommand"], "nosuchcommand"),
+    ]
+    for args, *needles in cases:
+        _one_line_error(args, *needles)
+
+
+def test_lint_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
+    policy = _write(tmp_path, "good.yaml", GOOD)
+    line = _one_line_error(
+        ["lint", "--db", "sqlite:///typo.db", "--policy", str(policy)],
+        "typo.db",
+        cwd=tmp_path,
+    )
+    assert "no SQLite database" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"]
+
+
+def test_empty_policy_files_are_refused(tmp_path: Path) -> None:
+    for name, text in (
+        ("empty.yaml", ""),
+        ("blank.yaml", "\n# nothing yet\n"),
+        ("empty.json", "{}"),
+    ):
+        with pytest.raises(PolicyError, match="empty"):
+            load_policy(_write(tmp_path, name, text))
+        result = runner.invoke(
+            app,
+            [
+                "schema",
+                "--policy",
+                str(tmp_path / name),
+                "--principal",
+                "{}",
+                "--models",
+                "tests.shop:Base",
+            ],
+        )
+        assert result.exit_code == 2 and "empty" in result.output
+
+
+def test_schema_names_the_valid_models_when_the_policy_names_another(
+    tmp_path: Path,
+) -> None:
+    policy = _write(tmp_path, "typo.yaml", "models: {Ordr: {fields: {id: allow}}}")
+    result = runner.invoke(
+        app,
+        [
+            "schema",
+            "--policy",
+            str(policy),
+            "--principal",
+            "{}",
+            "--models",
+            "tests.shop:Base",
+        ],
+    )
+    assert result.exit_code == 2
+    assert (
+        "Ordr" in result.output
+        and "Order" in result.output
+        and "Customer" in result.output
+    )
+
+
+def test_the_command_without_its_extra_names_the_extra() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    # A finder that hides typer, as in an install without the cli extra.
+    code = (
+        "import sys, importlib.abc\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'typer':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from ormai_agents.cli import main\n"
+        "main(['lint', '--help'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        out.stderr.count("\n") == 1
+        and "cli" in out.stderr
+        and 'pip install -e ".[cli]"' in out.stderr
+    )

@@ -47,3 +47,84 @@ def test_demo_command_prints_calls_audit_and_checks() -> None:
     # Denied values never reach the screen: password hashes, internal notes, billing plans.
     for secret in ("not-a-real-hash", "internal: margin", "enterprise-"):
         assert secret not in out
+
+
+def test_demo_output_reads_well_at_80_columns(monkeypatch: object) -> None:
+    result = CliRunner().invoke(app, ["demo"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    # Values are words: nothing is cut inside a scope, a field name or an error code.
+    audit = lines[
+        next(i for i, line in enumerate(lines) if line.startswith("Audit trail")) :
+    ]
+    assert sum("tenant_id = 'acme'" in line for line in audit) == 8
+    assert sum("tenant_id = 'globex'" in line for line in audit) == 8
+    # The same refusal reads the same in the steps and in the audit trail.
+    steps = lines[: len(lines) - len(audit)]
+    for words in ("refused: not_found", "refused: field_not_allowed"):
+        assert any(words in line for line in steps) and any(
+            words in line for line in audit
+        ), words
+    assert "policies" not in result.output and "error (" not in result.output
+
+
+def _sqlite_file(path: Path) -> bytes:
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)"
+        )
+        conn.exec_driver_sql("INSERT INTO accounts (owner) VALUES ('someone')")
+    engine.dispose()
+    return path.read_bytes()
+
+
+def test_demo_db_never_overwrites_another_file(tmp_path: Path) -> None:
+    from ormai_agents.demo import DemoDatabaseError, is_demo_database
+
+    victims = {
+        "notes.txt": b"my notes\n",
+        "policy.yaml": (
+            Path(__file__).resolve().parents[1] / "examples" / "shop_policy.yaml"
+        ).read_bytes(),
+        "empty.db": b"",
+    }
+    for name, content in victims.items():
+        (tmp_path / name).write_bytes(content)
+    victims["app.db"] = _sqlite_file(tmp_path / "app.db")
+    for name, content in victims.items():
+        result = CliRunner().invoke(app, ["demo", "--db", str(tmp_path / name)])
+        assert result.exit_code == 2, (name, result.output)
+        assert (
+            "not an ormai-agents demo database" in result.output
+            and "--force" in result.output
+        )
+        assert (tmp_path / name).read_bytes() == content, name
+        try:
+            run_demo(tmp_path / name)
+            raise AssertionError("run_demo overwrote " + name)
+        except DemoDatabaseError:
+            pass
+        assert (tmp_path / name).read_bytes() == content
+    assert CliRunner().invoke(app, ["demo", "--db", str(tmp_path)]).exit_code == 2
+    assert (
+        CliRunner()
+        .invoke(app, ["demo", "--db", str(tmp_path / "no" / "such" / "shop.db")])
+        .exit_code
+        == 2
+    )
+
+    # Its own database is replaced; --force replaces anything.
+    shop = tmp_path / "shop.db"
+    assert CliRunner().invoke(
+        app, ["demo", "--db", str(shop)]
+    ).exit_code == 0 and is_demo_database(shop)
+    assert CliRunner().invoke(app, ["demo", "--db", str(shop)]).exit_code == 0
+    result = CliRunner().invoke(
+        app, ["demo", "--db", str(tmp_path / "app.db"), "--force"]
+    )
+    assert result.exit_code == 0 and is_demo_database(tmp_path / "app.db")
+    assert not is_demo_database(tmp_path / "notes.txt") and not is_demo_database(
+        tmp_path / "missing.db"
+    )
