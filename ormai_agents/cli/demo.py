@@ -15,6 +15,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ormai_agents._results import page_records
 from ormai_agents.cli._common import CliError, console
 
 _INTRO = (
@@ -103,7 +104,7 @@ def _result(ok: bool, payload: Any) -> Text:
     if not ok:
         return out.append(f"\n{payload.get('message', '')}", style="")
     if isinstance(payload.get("rows"), list):
-        rows = payload["rows"]
+        rows = page_records(payload)  # a page is a table (columns, rows): back to one record per row
         out.append(f": {len(rows)} row{'s' if len(rows) != 1 else ''}")
         for row in rows[:3]:
             out.append(f"\n{_words(row)}")
