@@ -234,8 +234,11 @@ def _mapped_classes(models: Any) -> list[type]:
     raise PolicyError("models must be a declarative base class or an iterable of mapped classes")
 
 
-def build_plans(models: Any, policy: Policy) -> dict[str, ModelPlan]:
-    """Check the policy against the mapped classes and compile a plan per allowed model."""
+def build_plans(models: Any, policy: Policy, *, hidden: bool = False) -> dict[str, ModelPlan]:
+    """Check the policy against the mapped classes and compile a plan per allowed model.
+
+    With `hidden=True`, the plans of the models the policy lists with `allowed=False` instead:
+    they exist for the agent nowhere, but their scoping bounds the references writes may set."""
     classes: dict[str, type] = {}
     for cls in _mapped_classes(models):
         try:
@@ -252,10 +255,11 @@ def build_plans(models: Any, policy: Policy) -> dict[str, ModelPlan]:
 
     plans: dict[str, ModelPlan] = {}
     for name, mp in policy.models.items():
-        if mp.allowed:
+        if mp.allowed != hidden:
             plans[name] = _build_plan(name, classes[name], mp, policy)
-    for plan in plans.values():
-        plan.relations = _relations(plan, plans)
+    if not hidden:
+        for plan in plans.values():
+            plan.relations = _relations(plan, plans)
     return plans
 
 

@@ -511,10 +511,14 @@ def model_view(value: Any) -> Any:
     shares (the tenant, a status filtered on, an empty column), so repeated keys and repeated
     values are paid for once. A program gets the records back with
     `[{**page.get("same_for_all_rows", {}), **dict(zip(page["columns"], row))} for row in page["rows"]]`.
-    `next_cursor` appears only when there is a next page. Other results are their `to_dict()`.
+    `next_cursor` appears only when there is a next page, `truncated: true` only when more rows
+    matched a model that can't be paged. Other results are their `to_dict()`.
     """
     if isinstance(value, QueryResult):
-        return _table([jsonable(r) for r in value.rows], value.next_cursor)
+        out = _table([jsonable(r) for r in value.rows], value.next_cursor)
+        if value.truncated:  # more rows matched, and the model can't be paged: narrow the filters
+            out["truncated"] = True
+        return out
     return jsonable(value)
 
 

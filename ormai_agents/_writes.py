@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from ormai_agents import _inputs, _types
 from ormai_agents._budget import Interruptible
+from ormai_agents._conditions import columns_used
 from ormai_agents._context import Principal
 from ormai_agents._dberrors import map_db_errors, retrying
 from ormai_agents._dialects import capabilities, exact_equals
@@ -83,6 +84,16 @@ class _AutoSet:
 
 
 @dataclass(slots=True)
+class Reference:
+    """A foreign key the agent may set: checked as one tuple against rows the principal may see."""
+
+    names: list[str]  # this model's fields, in the constraint's order
+    target: ModelPlan  # the referenced model: exposed, or listed with allowed=False
+    remote: list[Any]  # the referenced columns, in the same order
+    exposed: bool  # False: a model the agent can't see, whose name no message may carry
+
+
+@dataclass(slots=True)
 class WritePlan:
     """What the write path needs of one model, compiled when the toolset is built."""
 
@@ -104,8 +115,10 @@ class WritePlan:
     # policy, by key only with a plainly readable key, changing fields only when one is writable.
     # The tool builder builds exactly these tools, and describe_schema reports exactly these.
     operations: dict[str, WriteAction]
-    # field -> (referenced model's plan name, referenced column): foreign keys into exposed models.
-    references: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    # Foreign keys the agent may set (see `_references`), and the local columns whose current
+    # values an update needs to check them as whole tuples.
+    references: list[Reference] = field(default_factory=list)
+    reference_columns: list[str] = field(default_factory=list)
 
     def writable(self, op: str) -> list[str]:
         return self.writable_create if op == "create" else self.writable_update
@@ -139,8 +152,13 @@ def writable_fields(plan: ModelPlan, op: str) -> list[str]:
     return [n for n in plan.fields if n not in refused]
 
 
-def build_write_plans(plans: Mapping[str, ModelPlan]) -> dict[str, WritePlan]:
-    """Check every model's WritePolicy against its mapping; raise PolicyError when it can't work."""
+def build_write_plans(
+    plans: Mapping[str, ModelPlan], hidden: Mapping[str, ModelPlan] | None = None
+) -> dict[str, WritePlan]:
+    """Check every model's WritePolicy against its mapping; raise PolicyError when it can't work.
+
+    `hidden` holds the plans of the models the policy lists with `allowed=False`: they scope
+    references into tables the agent can't see."""
     out: dict[str, WritePlan] = {}
     for name, plan in plans.items():
         wp = plan.policy.write_policy
@@ -188,14 +206,85 @@ def build_write_plans(plans: Mapping[str, ModelPlan]) -> dict[str, WritePlan]:
                 and not (TABLE[op].needs_fields and not writable.get(op))
             },
         )
-    by_table = {wplan.table: wplan.plan for wplan in out.values() if wplan.table is not None}
+    exposed = {p.mapper.local_table: p for p in plans.values()}
+    listed = {p.mapper.local_table: p for p in (hidden or {}).values()}
     for wplan in out.values():
-        for fname in wplan.writable_create + wplan.writable_update:
-            for fk in wplan.plan.fields[fname].column.foreign_keys:
-                target = by_table.get(fk.column.table)
-                if target is not None:
-                    wplan.references[fname] = (target.name, fk.column)
+        wplan.references = _references(wplan, exposed, listed)
+        wplan.reference_columns = list(dict.fromkeys(n for ref in wplan.references for n in ref.names))
+        _refuse_write_oracles(wplan)
     return out
+
+
+def _references(wplan: WritePlan, exposed: Mapping[Any, ModelPlan], listed: Mapping[Any, ModelPlan]) -> list[Reference]:
+    """The foreign keys of `wplan`'s table that the agent may set, each checked when it is set.
+
+    Refused (PolicyError) when the referenced table belongs to no model of the policy (nothing
+    says how to scope it), or when it belongs to an exposed model that can't read the referenced
+    columns plainly (success would confirm guesses of values the agent can't read). A model listed
+    with `allowed=False` scopes the check with its own scoping and restrict policies.
+    """
+    plan, table = wplan.plan, wplan.table
+    ops = wplan.operations
+    agent_set = set(wplan.writable_create if "create" in ops else ()) | set(
+        wplan.writable_update if "update" in ops or "bulk_update" in ops else ()
+    )
+    if table is None or not agent_set:
+        return []
+    attr_of = {c: k for k, c in plan.columns.items()}
+    out: list[Reference] = []
+    for fk in sorted(table.foreign_key_constraints, key=lambda c: [e.parent.name for e in c.elements]):
+        names = [attr_of.get(e.parent) for e in fk.elements]
+        sent = [n for n in names if n in agent_set]
+        if not sent:
+            continue
+        target = exposed.get(fk.referred_table)
+        shown = target is not None
+        target = target or listed.get(fk.referred_table)
+        what = f"{plan.name}: {', '.join(sent)} refers to table {fk.referred_table.name!r}"
+        if target is None or None in names:
+            raise PolicyError(
+                f"{what}, which no model of the policy describes, so the toolset can't tell which of its rows "
+                "the principal may reach. List that table's model in the policy (allowed=False with its "
+                f"scoping, to check references without exposing it), or make {', '.join(sent)} not writable."
+            )
+        remote_attr = {c: k for k, c in target.columns.items()}
+        remote = [e.column for e in fk.elements]
+        if shown and not all(
+            remote_attr.get(c) in target.fields and target.fields[remote_attr[c]].plain for c in remote
+        ):
+            raise PolicyError(
+                f"{what} through fields of {target.name} the agent can't read plainly: a write's success "
+                f"would confirm guesses of their values. Allow them on {target.name}, or make "
+                f"{', '.join(sent)} not writable."
+            )
+        out.append(Reference([n for n in names if n is not None], target, remote, shown))
+    return out
+
+
+def _refuse_write_oracles(wplan: WritePlan) -> None:
+    """A restrict row policy relating a field the agent writes to one it can't read turns the
+    write's check into an oracle (`spend <= credit_limit`, credit_limit masked: the outcome of
+    a few writes gives the hidden value away). Refused unless the policy accepts it."""
+    plan = wplan.plan
+    ops = wplan.operations
+    written = set(wplan.writable_create if "create" in ops else ()) | set(
+        wplan.writable_update if "update" in ops or "bulk_update" in ops else ()
+    )
+    if not written:
+        return
+    for rp in plan.restricts:
+        if rp.policy.accept_write_oracle:
+            continue
+        used = columns_used(rp.condition.tree)
+        hidden = sorted(c for c in used if c not in plan.fields or not plan.fields[c].plain)
+        sent = sorted(used & written)
+        if hidden and sent:
+            raise PolicyError(
+                f"{plan.name}: row policy {rp.policy.name!r} relates {', '.join(sent)}, which the agent writes, "
+                f"to {', '.join(hidden)}, which it can't read: the check of every write would tell it where the "
+                "hidden value lies. Make those fields readable or the written ones not writable, or set "
+                "accept_write_oracle=True on the row policy."
+            )
 
 
 def _required_on_create(plan: ModelPlan, table: Table | None, writable: list[str]) -> list[str]:
@@ -465,13 +554,19 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         stmt = sql_select(*columns, check).select_from(table).where(*conditions, *where.write_clauses)
         return stmt.with_for_update() if lock else stmt
 
-    def values_of(auto: Mapping[str, _AutoSet]) -> dict[Any, Any]:
-        values = {**change.values, **_auto_values(auto, principal)}
-        return {plan.columns[k]: v for k, v in values.items()}
+    auto = {"create": wplan.auto_create, "delete": {}}.get(change.op, wplan.auto_update)
+    server = _auto_values(auto, principal)
+    values = {plan.columns[k]: v for k, v in {**change.values, **server}.items()}
+    refs = wplan.reference_columns
+    # The current values of the foreign-key columns, to check composite keys as whole tuples.
+    ref_columns = [plan.columns[n].label(f"_ref_{i}") for i, n in enumerate(refs)]
+
+    def current(row: Any, start: int) -> dict[str, Any]:
+        return dict(zip(refs, row[start : start + len(refs)]))
 
     if change.op == "create":
-        await _check_references(toolset, wplan, change.values, principal, run)
-        stmt = insert(table).values(values_of(wplan.auto_create))
+        await _check_references(wplan, change.values, server, [{}], principal, run)
+        stmt = insert(table).values(values)
         if caps.insert_returning:
             rows = (await run(stmt.returning(*columns, check))).all()
         else:
@@ -501,12 +596,12 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     if change.op == "update":
         match = by_key(change.key)
         # The before snapshot is for the audit record only; the UPDATE decides by its own WHERE.
-        before = (await run(snapshot(*match, lock=True))).all()
+        before = (await run(snapshot(*match, lock=True).add_columns(*ref_columns))).all()
         if not before:
             raise not_found
         call.before = shape(before[0])
-        await _check_references(toolset, wplan, change.values, principal, run)
-        stmt = update(table).where(*match, *where.write_clauses).values(values_of(wplan.auto_update))
+        await _check_references(wplan, change.values, server, [current(before[0], width + 1)], principal, run)
+        stmt = update(table).where(*match, *where.write_clauses).values(values)
         if caps.update_returning:
             after = (await run(stmt.returning(*columns, check))).all()
         else:
@@ -526,7 +621,7 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
     limit = plan.policy.write_policy.max_affected_rows
     pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(plan.pk_columns)]
     stmt = (
-        sql_select(*columns, check, *pk_labels)
+        sql_select(*columns, check, *pk_labels, *ref_columns)
         .select_from(table)
         .where(*where.write_clauses, *change.filters)
         .order_by(*plan.pk_columns)
@@ -544,14 +639,17 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
         call.row_count = 0
         call.after = {"updated_count": 0}
         return WriteResult({"updated_count": 0})
-    keys = [tuple(r[width + 1 :]) for r in before]
+    npk = len(pk_labels)
+    keys = [tuple(r[width + 1 : width + 1 + npk]) for r in before]
     in_keys = (
         plan.pk_columns[0].in_([k[0] for k in keys])
         if len(plan.pk_columns) == 1
         else tuple_(*plan.pk_columns).in_(keys)
     )
-    await _check_references(toolset, wplan, change.values, principal, run)
-    stmt = update(table).where(in_keys, *where.write_clauses, *change.filters).values(values_of(wplan.auto_update))
+    await _check_references(
+        wplan, change.values, server, [current(r, width + 1 + npk) for r in before], principal, run
+    )
+    stmt = update(table).where(in_keys, *where.write_clauses, *change.filters).values(values)
     if caps.update_returning:
         after = (await run(stmt.returning(*columns, check))).all()
         count = len(after)
@@ -571,32 +669,41 @@ async def _apply(toolset: Toolset, call: _Call, wplan: WritePlan, where: Where, 
 
 
 async def _check_references(
-    toolset: Toolset, wplan: WritePlan, values: Mapping[str, Any], principal: Principal, run: Callable[[Any], Awaitable[Any]]
+    wplan: WritePlan,
+    sent: Mapping[str, Any],
+    server: Mapping[str, Any],
+    rows: list[Mapping[str, Any]],
+    principal: Principal,
+    run: Callable[[Any], Awaitable[Any]],
 ) -> None:
-    """A foreign key the agent sets must point at a row the principal may see.
+    """Every foreign key the agent sets must point at a row the principal may see.
 
     Otherwise an agent could attach its rows to another tenant's records, and learn which ids
-    exist elsewhere from the difference between "linked" and "constraint error". The referenced
-    row is locked (FOR SHARE) so it can't leave the scope before the commit.
+    exist elsewhere from the difference between "linked" and "constraint error". A composite key
+    is checked as one tuple: the values written (`sent` by the agent, set by the `server`) over
+    the current values of each changed row (`rows`; one empty row for a create). A tuple with a NULL
+    refers to nothing (as the database sees it). The referenced row is locked (FOR SHARE) so it
+    can't leave the scope before the commit.
     """
-    for name, value in values.items():
-        ref = wplan.references.get(name)
-        if ref is None or value is None:
-            continue
-        target = toolset._plans[ref[0]]
-        twhere = target.where(principal)
-        stmt = (
-            sql_select(ref[1])
-            .select_from(target.selectable)
-            .where(exact_equals(ref[1], value), *twhere.write_clauses)
-            .limit(1)
-            .with_for_update(read=True)
-        )
-        if not (await run(stmt)).all():
-            raise ValidationError(
-                f"data.{name}: no {target.name} with that id is visible to you. Nothing was written. "
-                f"Use query on {target.name} to find one."
+    values = {**server, **sent}
+    for ref in wplan.references:
+        named = [n for n in ref.names if n in sent]
+        if not named:
+            continue  # the agent changes none of it
+        wanted = {tuple(values[n] if n in values else row.get(n) for n in ref.names) for row in rows}
+        twhere = ref.target.where(principal)
+        for key in sorted((k for k in wanted if None not in k), key=repr):
+            stmt = (
+                sql_select(*ref.remote)
+                .select_from(ref.target.selectable)
+                .where(*(exact_equals(c, v) for c, v in zip(ref.remote, key)), *twhere.write_clauses)
+                .limit(1)
+                .with_for_update(read=True)
             )
+            if not (await run(stmt)).all():
+                where = f"no {ref.target.name} with that id" if ref.exposed else "no record with that id"
+                hint = f" Use query on {ref.target.name} to find one." if ref.exposed else ""
+                raise ValidationError(f"data.{named[0]}: {where} is visible to you. Nothing was written.{hint}")
 
 
 # --- transactions -------------------------------------------------------------------------

@@ -17,6 +17,10 @@ reflects the database with SQLAlchemy's `inspect` and reports:
   auto-set, so the agent must send the tenant itself.
 - `scope-column-writable`: updates are allowed and a scoping column is neither immutable nor
   auto-set on update.
+- `cross-scope-reference` (warning): a foreign key from a model into a scoped model the agent
+  may delete from, that does not carry the scope (`orders.customer_id → customers.id` instead of `(tenant_id, customer_id)
+  → customers(tenant_id, id)`): rows of one tenant may refer to another's, and deleting a row
+  still referred to by rows its tenant can't see fails with `constraint_violation`.
 - `unmappable-table`: a table without a primary key (reflected mode only).
 - `policy-error`: the Toolset refuses the policy (the message says why).
 
@@ -186,6 +190,7 @@ def lint_policy(
                                 "run the migrations or remove the column from the model")  # fmt: skip
                     )
         findings += _check_model(view, db_columns, inspector)
+    findings += _cross_scope_references(policy, by_name)
 
     if not any(f.code in ("unknown-model", "unknown-field", "bad-condition") for f in findings):
         from ormai_agents.toolset import Toolset
@@ -306,6 +311,48 @@ def _check_model(view: _View, db_columns: set[str], inspector: Any) -> list[Find
                             f"updates are allowed and scoping column {attr!r} can be changed by the agent",
                             f"add {attr!r} to write_policy.immutable_fields")  # fmt: skip
                 )
+    return out
+
+
+def _cross_scope_references(policy: Policy, classes: Mapping[str, Any]) -> list[Finding]:
+    """Foreign keys into a scoped model the agent may delete from, that don't carry the scope.
+
+    Such a key lets a row of one tenant refer to another tenant's row. The agent can't create
+    such links (writes check references), but rows written by other code can hold them, and then
+    deleting the referenced row fails for its own tenant with `constraint_violation` because of
+    rows that tenant can't see.
+    """
+    out: list[Finding] = []
+    by_table = {class_mapper(c).local_table: (n, policy.models[n]) for n, c in classes.items() if n in policy.models}
+    for table, (name, mp) in by_table.items():
+        if not mp.allowed:
+            continue
+        attr_of = {c: p.key for p in class_mapper(classes[name]).column_attrs for c in p.columns}
+        for fk in sorted(getattr(table, "foreign_key_constraints", ()), key=lambda c: [e.parent.name for e in c.elements]):
+            target = by_table.get(fk.referred_table)
+            if target is None or not target[1].scoping or target[1].write_policy.delete is WriteAction.Deny:
+                continue  # an unscoped target is shared by every scope; without deletes nothing fails
+            tname, tmp = target
+            tattr_of = {c: p.key for p in class_mapper(classes[tname]).column_attrs for c in p.columns}
+            pairs = {(attr_of.get(e.parent), tattr_of.get(e.column)) for e in fk.elements}
+            missing = [
+                (col, path) for col, path in tmp.scoping.items()
+                if not any(mp.scoping.get(local) == path and remote == col for local, remote in pairs)
+            ]  # fmt: skip
+            if not missing:
+                continue
+            local = ", ".join(str(attr_of.get(e.parent)) for e in fk.elements)
+            remote = ", ".join(str(tattr_of.get(e.column)) for e in fk.elements)
+            scope = " and ".join(f"{col} = {path}" for col, path in missing)
+            out.append(
+                Finding("cross-scope-reference", name,
+                        f"{name}.({local}) refers to {tname}.({remote}) without its scope ({scope}): a row of one "
+                        f"scope may refer to another scope's {tname}, and deleting that {tname} then fails for its "
+                        "own tenant with constraint_violation because of rows it can't see",
+                        f"make the foreign key carry the scope: ({', '.join(m for m, _ in missing)}, {remote}) on "
+                        f"{tname} as a unique key, referenced together with {name}'s own scoping column",
+                        "warning")  # fmt: skip
+            )
     return out
 
 

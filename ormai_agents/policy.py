@@ -74,6 +74,10 @@ class RowPolicy(_Strict):
     description: str = ""
     bypass: bool = False
     mode: Literal["restrict", "permit"] = "restrict"
+    # A restrict condition relating a field the agent writes to one it can't read is refused when
+    # the toolset is built: every write's check would reveal where the hidden value lies. True
+    # accepts that for this policy.
+    accept_write_oracle: bool = False
 
     def __init__(self, name: Any = None, condition: Any = None, /, **data: Any) -> None:
         # Allow RowPolicy("name", "condition", ...) as well as keywords.

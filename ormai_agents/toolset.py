@@ -97,7 +97,7 @@ class Toolset:
         self.policy = policy
         self.audit_store = audit_store
         self._plans = build_plans(models, policy)
-        self._write_plans = _writes.build_write_plans(self._plans)
+        self._write_plans = _writes.build_write_plans(self._plans, build_plans(models, policy, hidden=True))
         # Without a store, approvals live in this process's memory (see ormai_agents.approvals).
         self.approval_store: ApprovalStore = approval_store if approval_store is not None else MemoryApprovalStore()
         if secret_key is None:

@@ -251,3 +251,13 @@ async def test_principals_differing_only_in_value_types_share_nothing(db: Any) -
     assert Principal(tenant_id=1) != Principal(tenant_id="1")
     assert hash(Principal(tenant_id="a", metadata={"x": [1, {"y": 2}]})) == hash(Principal(tenant_id="a", metadata={"x": [1, {"y": 2}]}))
     assert Principal(metadata={"since": dt.date(2026, 1, 1)}) == Principal(metadata={"since": dt.date(2026, 1, 1)})
+
+
+async def test_the_model_is_told_when_a_page_was_truncated(db: Any) -> None:
+    from ormai_agents._toolspecs import model_view
+
+    toolset = Toolset(Base, policy(), secret_key=KEY)
+    page = await toolset.query(RunContext(ACME, db), model="Entry", limit=4)
+    view = model_view(page)
+    assert view["truncated"] is True and "next_cursor" not in view and len(view["rows"]) == 4
+    assert "truncated" not in model_view(await toolset.query(RunContext(ACME, db), model="Entry"))
