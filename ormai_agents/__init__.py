@@ -73,6 +73,8 @@ __all__ = [
     "TransientDatabaseError",
     "ValidationError",
     "WriteAction",
+    "WriteNotAllowedError",
+    "WriteOutcomeUnknownError",
     "WritePolicy",
     "WriteResult",
     "page_records",

@@ -21,7 +21,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, not_, or_, true
 from sqlalchemy.sql.elements import ColumnClause
@@ -65,7 +65,7 @@ class Literal:
     pos: int
 
 
-Operand = Union[Column, Ref, Literal]
+Operand = Column | Ref | Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class Const:
     value: bool
 
 
-Node = Union[Compare, In, IsNull, BoolOp, Not, Const]
+Node = Compare | In | IsNull | BoolOp | Not | Const
 
 # --- tokenizer -------------------------------------------------------------------------------
 
@@ -267,7 +267,8 @@ class _Parser:
             right = self.operand()
             for side in (left, right):
                 if isinstance(side, Literal) and side.value is None:
-                    raise ConditionSyntaxError("comparing with null is never true; use IS NULL or IS NOT NULL", side.pos)
+                    why = "comparing with null is never true; use IS NULL or IS NOT NULL"
+                    raise ConditionSyntaxError(why, side.pos)
             return Compare("!=" if tok.value == "<>" else tok.value, left, right, start.pos)
         if self.at_kw("not", "in"):
             negated = False
@@ -443,8 +444,8 @@ class BoundCondition:
                 return True if not sql else (sql[0] if len(sql) == 1 else and_(*sql))  # type: ignore[arg-type]
             if any(p is True for p in parts):
                 return True
-            sql = [p for p in parts if p is not False]
-            return False if not sql else (sql[0] if len(sql) == 1 else or_(*sql))  # type: ignore[arg-type]
+            either = [p for p in parts if p is not False]
+            return False if not either else (either[0] if len(either) == 1 else or_(*either))  # type: ignore[arg-type]
         if isinstance(node, Not):
             inner = self._compile(node.item, resolve)
             return (not inner) if isinstance(inner, bool) else not_(inner)
@@ -461,7 +462,7 @@ class BoundCondition:
         if isinstance(operand, Ref):
             value = resolve(operand.path)
             if value is None or value == "":
-                raise MissingPrincipalValue(".".join(("principal",) + operand.path))
+                raise MissingPrincipalValue(".".join(("principal", *operand.path)))
             return value
         raise TypeError(operand)  # pragma: no cover
 

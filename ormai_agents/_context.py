@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -154,8 +154,8 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-DB = Union[Session, AsyncSession, Connection, AsyncConnection]
-AuditSink = Callable[["AuditRecord"], Optional[Awaitable[None]]]
+DB = Session | AsyncSession | Connection | AsyncConnection
+AuditSink = Callable[["AuditRecord"], Awaitable[None] | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,9 @@ _SQLITE_CONSTRAINTS = (
 )
 _CONSTRAINT_MESSAGES = {
     "unique": "A record with the same value already exists (a unique constraint).",
-    "foreign_key": "The change refers to a record that does not exist, or removes one that other records still refer to.",
+    "foreign_key": (
+        "The change refers to a record that does not exist, or removes one that other records still refer to."
+    ),
     "not_null": "A required value is missing.",
     "check": "A value breaks a rule of the database (a check constraint).",
     "": (
@@ -147,7 +149,9 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
             log.info("ormai_agents: a value did not fit its column while trying to %s", action, exc_info=error)
             raise ValidationError(_BAD_VALUE_MESSAGES[bad_value]) from None
         if code in _MYSQL_TIMEOUTS or state == _QUERY_CANCELED:
-            log.warning("ormai_agents: a statement ran out of its time budget while trying to %s", action, exc_info=error)
+            log.warning(
+                "ormai_agents: a statement ran out of its time budget while trying to %s", action, exc_info=error
+            )
             raise DatabaseError(
                 "The query took longer than it is allowed to. Narrow it with filters or a smaller limit."
             ) from None

@@ -147,7 +147,10 @@ class ToolRunner:
         label = tool_name("", str(name)[:200] or "unnamed")
         inputs = dict(arguments) if isinstance(arguments, Mapping) else {}
         return await self._guarded(
-            label, principal, lambda ctx: self.toolset.refuse(ctx, label, _UNKNOWN_TOOL, inputs=inputs), on_audit=on_audit
+            label,
+            principal,
+            lambda ctx: self.toolset.refuse(ctx, label, _UNKNOWN_TOOL, inputs=inputs),
+            on_audit=on_audit,
         )
 
     async def _guarded(

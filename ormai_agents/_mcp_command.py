@@ -13,7 +13,7 @@ import hmac
 import json
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -25,15 +25,18 @@ _TOKENS_HELP = 'streamable-http: a JSON file mapping each bearer token to a prin
 def mcp(
     policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy file (.yaml, .yml or .json).")],
     models: Annotated[str, typer.Option("--models", "-m", help="Mapped classes to use: module.path:Base (or a list).")],
-    db: Annotated[str, typer.Option(help="SQLAlchemy URL of the database (an async driver serves HTTP clients concurrently).")],
-    principal: Annotated[Optional[str], typer.Option(help=_PRINCIPAL_HELP)] = None,
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the database (an async driver serves HTTP clients concurrently).")
+    ],
+    principal: Annotated[str | None, typer.Option(help=_PRINCIPAL_HELP)] = None,
     transport: Annotated[str, typer.Option(help="stdio (one client, one principal) or streamable-http.")] = "stdio",
     host: Annotated[str, typer.Option(help="streamable-http: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="streamable-http: port to listen on.")] = 8765,
-    tokens: Annotated[Optional[Path], typer.Option(help=_TOKENS_HELP)] = None,
+    tokens: Annotated[Path | None, typer.Option(help=_TOKENS_HELP)] = None,
     layout: Annotated[str, typer.Option(help="Tool layout: generic or per_model.")] = "generic",
     audit: Annotated[
-        Optional[str], typer.Option(help="Keep the audit records: jsonl:PATH or sql:URL (as read by `ormai-agents audit`).")
+        str | None,
+        typer.Option(help="Keep the audit records: jsonl:PATH or sql:URL (as read by `ormai-agents audit`)."),
     ] = None,
 ) -> None:
     """Serve the policy's tools to MCP clients: one principal over stdio, or streamable HTTP with

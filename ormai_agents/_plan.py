@@ -17,7 +17,13 @@ from sqlalchemy.orm import DeclarativeMeta, Mapper, RelationshipProperty, class_
 from sqlalchemy.sql import FromClause
 
 from ormai_agents import _types
-from ormai_agents._conditions import BoundCondition, ColumnBinding, ConditionSyntaxError, MissingPrincipalValue, parse_condition
+from ormai_agents._conditions import (
+    BoundCondition,
+    ColumnBinding,
+    ConditionSyntaxError,
+    MissingPrincipalValue,
+    parse_condition,
+)
 from ormai_agents._context import Principal
 from ormai_agents._dialects import exact_equals, exact_in
 from ormai_agents._errors import AccessDeniedError, PolicyError
@@ -243,11 +249,10 @@ def build_plans(models: Any, policy: Policy, *, hidden: bool = False) -> dict[st
     for cls in _mapped_classes(models):
         try:
             class_mapper(cls)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever SQLAlchemy raises, the class can't be used
             raise PolicyError(f"{getattr(cls, '__name__', cls)!r} is not a mapped class") from None
-        if cls.__name__ in classes and classes[cls.__name__] is not cls:
-            if cls.__name__ in policy.models:
-                raise PolicyError(f"two mapped classes are named {cls.__name__!r}; the policy can't tell them apart")
+        if cls.__name__ in classes and classes[cls.__name__] is not cls and cls.__name__ in policy.models:
+            raise PolicyError(f"two mapped classes are named {cls.__name__!r}; the policy can't tell them apart")
         classes[cls.__name__] = cls
     for name in policy.models:
         if name not in classes:

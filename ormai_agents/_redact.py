@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from ormai_agents._inputs import FILTER_OPS
+from ormai_agents._operations import FILTER_OPS
 from ormai_agents._plan import ModelPlan
 
 REDACTED = "[REDACTED]"

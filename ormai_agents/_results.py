@@ -86,7 +86,7 @@ def page_records(page: str | Mapping[str, Any]) -> list[dict[str, Any]]:
         return [dict(r) for r in page["rows"]]
     same = dict(page.get("same_for_all_rows") or {})
     columns = list(page["columns"])
-    return [{**same, **dict(zip(columns, row))} for row in page["rows"]]
+    return [{**same, **dict(zip(columns, row, strict=False))} for row in page["rows"]]
 
 
 __all__ = ["AggregateResult", "GetResult", "QueryResult", "SchemaResult", "WriteResult", "page_records"]

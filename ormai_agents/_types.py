@@ -7,7 +7,7 @@ import decimal
 import enum
 import uuid
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -57,7 +57,7 @@ def is_text(pt: type | None) -> bool:
     return pt is not None and issubclass(pt, str) and not issubclass(pt, enum.Enum)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(pt: type) -> TypeAdapter[Any]:
     return TypeAdapter(pt)
 

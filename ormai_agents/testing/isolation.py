@@ -103,7 +103,7 @@ async def assert_tenant_isolation(
                 rows = result.result.rows
                 count += len(rows)
                 if keyed:
-                    ids.update(tuple(r[n] for n in pk_names) for r in rows)  # type: ignore[index]
+                    ids.update(tuple(r[n] for n in pk_names) for r in rows)
                 cursor = result.result.next_cursor
                 if cursor is None:
                     complete = True
@@ -124,11 +124,13 @@ async def assert_tenant_isolation(
             ctx = RunContext(principal, db)
             others = set().union(*(ids for p, ids in seen.items() if p != principal)) - seen[principal]
             for key in sorted(others, key=repr)[:probes]:
-                ident: Any = key[0] if len(key) == 1 else dict(zip(pk_names, key))  # type: ignore[arg-type]
+                ident: Any = key[0] if len(key) == 1 else dict(zip(pk_names, key, strict=False))
                 got = await harness.run(ctx, tool="get", kwargs={"model": model, "id": ident}, invariants=checks)
                 report.calls += 1
                 if got.error is None:
-                    report.violations.append(f"{_label(principal)} get {model} id={ident!r}: read a row only another principal sees")
+                    report.violations.append(
+                        f"{_label(principal)} get {model} id={ident!r}: read a row only another principal sees"
+                    )
                 report.violations += [f"{_label(principal)} get {model}: {v}" for v in got.violations]
     if not any(report.rows_seen.values()):
         report.violations.append("no principal saw any row: seed data for each tenant, or the test proves nothing")

@@ -21,7 +21,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -31,17 +31,17 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     ToolCall,
-    ToolCallChunk,
     ToolMessage,
 )
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 __all__ = ["ScriptedChatModel", "tool_call"]
 
-Reply = Union[AIMessage, str]
-Script = Union[Iterable[Reply], Callable[[list[BaseMessage]], Reply]]
+Reply = AIMessage | str
+Script = Iterable[Reply] | Callable[[list[BaseMessage]], Reply]
 
 
 def tool_call(name: str, args: dict[str, Any] | None = None, id: str | None = None) -> ToolCall:
@@ -85,7 +85,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         """Names of the tools last bound."""
         return [s["function"]["name"] for s in self.tool_schemas]
 
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> ScriptedChatModel:
         self.tool_schemas = [convert_to_openai_tool(t) for t in tools]
         return self
 
@@ -125,7 +125,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         text = message.content if isinstance(message.content, str) else ""
         pieces = [p for p in re.split(r"(\s+)", text) if p]
         calls = [
-            ToolCallChunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
             for i, c in enumerate(message.tool_calls)
         ]
         chunks = [AIMessageChunk(content=p, id=message.id) for p in pieces]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
@@ -14,9 +14,9 @@ from pydantic import PrivateAttr
 __all__ = ["ScriptedFunctionCallingLLM"]
 
 # A tool call: ("query", {"model": "Order"}) or {"name": "query", "args": {...}}.
-ToolCallSpec = Union[tuple[str, Mapping[str, Any]], Mapping[str, Any]]
-Turn = Union[str, Sequence[ToolCallSpec]]
-Script = Union[Sequence[Turn], Callable[[list[ChatMessage]], Turn]]
+ToolCallSpec = tuple[str, Mapping[str, Any]] | Mapping[str, Any]
+Turn = str | Sequence[ToolCallSpec]
+Script = Sequence[Turn] | Callable[[list[ChatMessage]], Turn]
 
 
 class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
@@ -81,7 +81,7 @@ class ScriptedFunctionCallingLLM(MockFunctionCallingLLM):
             ids = [f"call_{next(self._ids)}" for _ in turn]
         blocks = [
             ToolCallBlock(tool_call_id=call_id, tool_name=name, tool_kwargs=dict(args))
-            for call_id, (name, args) in zip(ids, map(_call_parts, turn))
+            for call_id, (name, args) in zip(ids, map(_call_parts, turn), strict=False)
         ]
         return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
 
@@ -105,6 +105,8 @@ def _check_turn(turn: Turn) -> Turn:
                 raise ValueError("a tool call is {'name': str, 'args': dict}")
             if not isinstance(call.get("args", {}), Mapping):
                 raise ValueError("a tool call's args must be a dict")
-        elif not (isinstance(call, tuple) and len(call) == 2 and isinstance(call[0], str) and isinstance(call[1], Mapping)):
+        elif not (
+            isinstance(call, tuple) and len(call) == 2 and isinstance(call[0], str) and isinstance(call[1], Mapping)
+        ):
             raise ValueError("a tool call is (name, args) or {'name': str, 'args': dict}")
     return calls

@@ -56,7 +56,9 @@ def tenant_isolation(ormai_toolset: Toolset, ormai_db: Any) -> Callable[..., Awa
     """`await tenant_isolation(principals, models=None, **options)`: `assert_tenant_isolation`
     on your `ormai_toolset` and `ormai_db`."""
 
-    async def check(principals: Sequence[Principal], models: Sequence[str] | None = None, **options: Any) -> IsolationReport:
+    async def check(
+        principals: Sequence[Principal], models: Sequence[str] | None = None, **options: Any
+    ) -> IsolationReport:
         return await assert_tenant_isolation(ormai_toolset, ormai_db, principals, models, **options)
 
     return check
