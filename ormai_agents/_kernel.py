@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from ormai_agents._context import AuditSink, Principal, RunContext
 from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError, ValidationError
+from ormai_agents._memory_sqlite import check_session_factory
 from ormai_agents._sessions import SessionFactory, open_session
 from ormai_agents._toolspecs import ArgumentError, ToolSpec, jsonable, render, tool_name
 from ormai_agents.toolset import Toolset
@@ -79,6 +80,9 @@ class ToolRunner:
 
     toolset: Toolset
     session_factory: SessionFactory
+
+    def __post_init__(self) -> None:
+        check_session_factory(self.session_factory)
 
     @property
     def async_factory(self) -> bool:
