@@ -7,45 +7,41 @@ every depth so a secret nested inside a JSON value or an unexpected key never re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from ormai_agents._operations import FILTER_OPS
 from ormai_agents._plan import ModelPlan
+from ormai_agents._storable import MAX_BUDGET, MAX_ITEMS, MAX_KEY, REDACTED, TRUNCATED, _clean, clean, clean_text
 
-REDACTED = "[REDACTED]"
 _FILTER_KEYS = ("field", "op", "value", "values")
 _MAX_NAME = 200
 
 
-def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: list[str]) -> dict[str, Any]:
-    """The inputs as they may be logged.
+def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: Sequence[str]) -> dict[str, Any]:
+    """The inputs as they may be logged, and as every audit store can keep them.
 
     - filter values on fields that are not plainly allowed (denied, masked, hashed, unknown, or
       matching a key pattern) are replaced; unknown keys inside a filter are dropped;
     - `data` values on such fields are replaced;
     - `id` is kept only when every primary-key field is plainly allowed;
-    - anything under a key matching `patterns` is replaced, at any depth.
+    - anything under a key matching `patterns` is replaced, at any depth;
+    - what is kept is made storable and bounded (`ormai_agents._storable`).
     """
     lowered = _lowered(tuple(patterns))
+    budget = [MAX_BUDGET]
 
     def secret_key(key: Any) -> bool:
-        return _matches(str(key), lowered)
+        return _matches(key, lowered) if type(key) is str else _matches(str(key), lowered)
 
     def plain(name: Any) -> bool:
-        info = plan.fields.get(name) if plan is not None and isinstance(name, str) else None
+        info = plan.fields.get(name) if plan is not None and type(name) is str else None
         return info is not None and info.plain and not secret_key(name)
 
     def scrub(value: Any) -> Any:
-        # Key-pattern redaction at every depth of an allowed value.
-        if value is None or isinstance(value, (str, int, float)):
-            return value
-        if isinstance(value, Mapping):
-            return {str(k): (REDACTED if secret_key(k) else scrub(v)) for k, v in value.items()}
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return [scrub(v) for v in value]
-        return value
+        # Key-pattern redaction at every depth of an allowed value, bounded and storable.
+        return _clean(value, secret_key, 2, budget)
 
     out: dict[str, Any] = {}
     for key, value in inputs.items():
@@ -53,10 +49,19 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: l
             continue
         if key == "filters":
             items = value if isinstance(value, list) else [value]
-            out[key] = [_redact_filter(f, plain, scrub) for f in items]
+            kept = [_redact_filter(f, plain, scrub) for f in items[:MAX_ITEMS]]
+            if len(items) > MAX_ITEMS:
+                kept.append(f"[TRUNCATED: {len(items) - MAX_ITEMS} more items]")
+            out[key] = kept
         elif key == "data":
             if isinstance(value, Mapping):
-                out[key] = {str(k): (scrub(v) if plain(k) else REDACTED) for k, v in value.items()}
+                data = {}
+                for k, v in list(value.items())[:MAX_ITEMS]:
+                    name = clean_text(k, MAX_KEY) if type(k) is str else clean(k)
+                    data[name if type(name) is str else str(name)] = scrub(v) if plain(k) else REDACTED
+                if len(value) > MAX_ITEMS:
+                    data[TRUNCATED] = f"[TRUNCATED: {len(value) - MAX_ITEMS} more keys]"
+                out[key] = data
             else:
                 out[key] = REDACTED
         elif key == "id":
@@ -71,13 +76,35 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: l
     return out
 
 
+def redact_snapshot(row: Mapping[str, Any] | None, patterns: Sequence[str]) -> dict[str, Any] | None:
+    """A before/after snapshot as it may be logged: values under keys matching `patterns`
+    (a column name, or a key inside a JSON value) replaced at any depth; storable and bounded."""
+    if row is None:
+        return None
+    lowered = _lowered(tuple(patterns))
+    if not lowered:
+        out = clean(row)
+    else:
+        out = clean(row, lambda key: _matches(key, lowered))
+    return out if isinstance(out, dict) else {"value": out}
+
+
 @lru_cache(maxsize=64)
 def _lowered(patterns: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p.lower() for p in patterns)
 
 
-@lru_cache(maxsize=4096)
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    if not patterns:
+        return False
+    if len(key) > MAX_KEY:  # an agent's long key: checked in full, not remembered
+        lowered = key.lower()
+        return any(p in lowered for p in patterns)
+    return _matches_cached(key, patterns)
+
+
+@lru_cache(maxsize=4096)
+def _matches_cached(key: str, patterns: tuple[str, ...]) -> bool:
     # Input keys repeat from call to call (argument and field names): remember the verdicts.
     lowered = key.lower()
     return any(p in lowered for p in patterns)
@@ -90,7 +117,7 @@ def _redact_filter(spec: Any, plain: Callable[[Any], bool], scrub: Callable[[Any
     field = spec.get("field")
     out: dict[str, Any] = {}
     if "field" in spec:
-        out["field"] = field if isinstance(field, str) and len(field) <= _MAX_NAME else REDACTED
+        out["field"] = clean_text(field) if isinstance(field, str) and len(field) <= _MAX_NAME else REDACTED
     if "op" in spec:
         op = spec.get("op")
         out["op"] = op if isinstance(op, str) and op in FILTER_OPS else REDACTED
@@ -103,4 +130,4 @@ def _redact_filter(spec: Any, plain: Callable[[Any], bool], scrub: Callable[[Any
     return out
 
 
-__all__ = ["REDACTED", "redact_inputs"]
+__all__ = ["REDACTED", "redact_inputs", "redact_snapshot"]

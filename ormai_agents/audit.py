@@ -31,9 +31,9 @@ import asyncio
 import heapq
 import json
 import logging
+import math
 import os
 import threading
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -61,13 +61,19 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AuditRecord", "AuditStore", "JsonlAuditStore", "MemoryAuditStore", "SqlAuditStore", "audit_table"]
+from ormai_agents._storable import MAX_TEXT, clean, clean_text, escape_line
+
+__all__ = [
+    "AuditRecord", "AuditStore", "JsonlAuditStore", "MemoryAuditStore", "SqlAuditStore", "audit_table",
+    "skeleton_record", "storable_record",
+]  # fmt: skip
 
 log = logging.getLogger("ormai_agents")
 
@@ -107,7 +113,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: "Infinity" is not JSON, and PostgreSQL's json types refuse it.
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(slots=True)
@@ -144,25 +151,127 @@ class AuditRecord:
         return json.loads(self.to_json())  # type: ignore[no-any-return]
 
     def to_json(self) -> str:
-        """The record as one line of JSON."""
+        """The record as one line of JSON (no raw line breaks; see `storable_record` for what a
+        record no store could keep becomes)."""
+        try:
+            return self._json()
+        except (ValueError, TypeError, RecursionError, AttributeError):
+            return storable_record(self)._json()
+
+    def _json(self) -> str:
         data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["timestamp"] = _utc(self.timestamp).isoformat()
         return _dumps(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
-        """The record `to_dict` produced (unknown keys are ignored, for forward compatibility)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        """The record `to_dict` produced (unknown keys are ignored, for forward compatibility).
+
+        Raises ValueError when `data` is not such a record (a missing tool name, a value of the
+        wrong type, a timestamp that is not ISO 8601)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("an audit record is a JSON object")
+        values = {k: v for k, v in data.items() if k in _FIELD_TYPES}
+        for name, value in values.items():
+            expected = _FIELD_TYPES[name]
+            if expected is not None and not isinstance(value, expected):
+                raise ValueError(f"audit record field {name!r} has the wrong type")
         ts = values.get("timestamp")
-        if isinstance(ts, str):
-            values["timestamp"] = _utc(datetime.fromisoformat(ts))
-        elif isinstance(ts, datetime):
-            values["timestamp"] = _utc(ts)
-        return cls(**values)
+        try:
+            if isinstance(ts, str):
+                values["timestamp"] = _utc(datetime.fromisoformat(ts))
+            elif isinstance(ts, datetime):
+                values["timestamp"] = _utc(ts)
+            return cls(**values)
+        except TypeError:
+            raise ValueError("an audit record needs at least a tool name") from None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(AuditRecord))
+_OPT_STR = (str, type(None))
+# What `from_dict` accepts per field (None: any JSON value).
+_FIELD_TYPES: dict[str, Any] = {
+    "tool_name": str, "model": _OPT_STR, "tenant_id": None, "user_id": None, "inputs": dict,
+    "scopes_injected": list, "policies_applied": list, "bypass_used": bool, "outcome": str,
+    "error_code": _OPT_STR, "error_message": _OPT_STR, "row_count": (int, type(None)),
+    "duration_ms": (int, float), "before": (dict, type(None)), "after": (dict, type(None)),
+    "request_id": _OPT_STR, "roles": list, "id": str, "timestamp": (str, datetime),
+}  # fmt: skip
+assert set(_FIELD_TYPES) == set(_FIELD_NAMES)
+
+
+def _short(value: Any, limit: int) -> str | None:
+    """Storable text of at most `limit` characters (None stays None)."""
+    if value is None:
+        return None
+    return clean_text(value if isinstance(value, str) else _dumps(clean(value)), limit)[:limit]
+
+
+def storable_record(record: AuditRecord) -> AuditRecord:
+    """A copy of `record` every store can keep: each value made storable and bounded the way
+    the toolset does it for the records it builds (see `ormai_agents._storable`)."""
+    ts = record.timestamp
+    return AuditRecord(
+        id=_short(record.id, 64) or _new_id(),
+        timestamp=_utc(ts) if isinstance(ts, datetime) else _now(),
+        tool_name=_short(record.tool_name, 64) or "",
+        model=_short(record.model, 200),
+        tenant_id=clean(record.tenant_id),
+        user_id=clean(record.user_id),
+        roles=_as_list(clean(record.roles)),
+        inputs=_as_dict(clean(record.inputs)),
+        scopes_injected=_as_list(clean(record.scopes_injected)),
+        policies_applied=_as_list(clean(record.policies_applied)),
+        bypass_used=bool(record.bypass_used),
+        outcome=_short(record.outcome, 16) or "error",  # type: ignore[arg-type]
+        error_code=_short(record.error_code, 64),
+        error_message=_short(record.error_message, MAX_TEXT),
+        row_count=record.row_count if type(record.row_count) is int and abs(record.row_count) < 2**31 else None,
+        duration_ms=float(record.duration_ms) if isinstance(record.duration_ms, (int, float)) and math.isfinite(record.duration_ms) else 0.0,
+        before=None if record.before is None else _as_dict(clean(record.before)),
+        after=None if record.after is None else _as_dict(clean(record.after)),
+        request_id=_short(record.request_id, 200),
+    )
+
+
+def skeleton_record(record: AuditRecord) -> AuditRecord:
+    """What is left of `record` when even `storable_record` can't be stored: who, which tool,
+    how it ended, in ASCII, and a marker where its values were."""
+    safe = storable_record(record)
+
+    def ascii_text(value: Any, limit: int) -> Any:
+        if value is None or isinstance(value, (bool, int)):
+            return value
+        text = value if isinstance(value, str) else _dumps(value)
+        return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
+
+    return AuditRecord(
+        id=safe.id if safe.id.isascii() else _new_id(),
+        timestamp=safe.timestamp,
+        tool_name=ascii_text(safe.tool_name, 64),
+        model=ascii_text(safe.model, 200),
+        tenant_id=ascii_text(safe.tenant_id, 255),
+        user_id=ascii_text(safe.user_id, 255),
+        inputs={_UNSTORABLE: True},
+        bypass_used=safe.bypass_used,
+        outcome=ascii_text(safe.outcome, 16),
+        error_code=ascii_text(safe.error_code, 64),
+        row_count=safe.row_count,
+        duration_ms=safe.duration_ms,
+        before={_UNSTORABLE: True} if safe.before is not None else None,
+        after={_UNSTORABLE: True} if safe.after is not None else None,
+    )
+
+
+_UNSTORABLE = "[UNSTORABLE]"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"value": value}
 
 
 @runtime_checkable
@@ -279,12 +388,83 @@ class MemoryAuditStore:
         """Nothing to release."""
 
 
+# Errors that say "this record", not "this store": the batch is split and the record that fails
+# alone is stored in a fallback rendering, or dropped and counted (never requeued for ever).
+_RECORD_EXCEPTIONS = (ValueError, TypeError, AttributeError, KeyError, RecursionError, OverflowError)
+# SQLSTATE classes: data exception, integrity constraint violation, program limit exceeded.
+_RECORD_SQLSTATE_CLASSES = ("22", "23", "54")
+# MySQL/MariaDB: incorrect string value, data too long, out of range, truncated, invalid JSON,
+# CHECK constraint (a JSON column's JSON_VALID), duplicate key.
+_RECORD_MYSQL_ERRNOS = {1062, 1264, 1265, 1292, 1300, 1366, 1406, 3140, 4025}
+_UNIQUE_SQLSTATE = "23505"
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    orig = getattr(exc, "orig", None)
+    return orig if orig is not None else None
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    for candidate in (error, getattr(error, "__cause__", None)):
+        for attr in ("sqlstate", "pgcode"):
+            value = getattr(candidate, attr, None)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _mysql_errno(error: BaseException | None) -> int | None:
+    args = getattr(error, "args", None)
+    return args[0] if args and type(args[0]) is int else None
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """Whether a store failed because of the record (its values), rather than being unavailable."""
+    if isinstance(exc, _RECORD_EXCEPTIONS) and not isinstance(exc, sa_exc.SQLAlchemyError):
+        return True
+    if not isinstance(exc, sa_exc.StatementError):
+        return False  # OSError, timeouts, pool exhaustion: the store, not the record
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return False
+    orig = _driver_error(exc)
+    state = _sqlstate(orig)
+    if state is not None:
+        return state[:2] in _RECORD_SQLSTATE_CLASSES
+    if _mysql_errno(orig) in _RECORD_MYSQL_ERRNOS:
+        return True
+    if isinstance(orig, _RECORD_EXCEPTIONS) or isinstance(getattr(orig, "__cause__", None), _RECORD_EXCEPTIONS):
+        return True
+    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
+        return True
+    return not isinstance(exc, sa_exc.DBAPIError)  # a bind value the dialect could not convert
+
+
+def _already_stored(exc: BaseException) -> bool:
+    """A unique violation on the record's id: an earlier attempt did store it."""
+    if not isinstance(exc, sa_exc.IntegrityError):
+        return False
+    orig = _driver_error(exc)
+    if _sqlstate(orig) == _UNIQUE_SQLSTATE or _mysql_errno(orig) == 1062:
+        return True
+    return "unique constraint failed" in str(orig).lower()
+
+
+class AuditRecordRejected(Exception):
+    """A store could take the record in no rendering (it was dropped and counted)."""
+
+
 class _Batcher:
     """Queues records for a store and stores them in batches.
 
     A batch is stored when `batch_size` records are queued, `flush_interval` seconds after the
-    first one was queued, with the next durable write, or on `flush()`/`aclose()`. Batches that
-    fail are put back (oldest dropped beyond `max_pending`, with an error log).
+    first one was queued, with the next durable write, or on `flush()`/`aclose()`.
+
+    When a batch fails because the store is unavailable, it is put back (oldest dropped beyond
+    `max_pending`, with an error log). When it fails because of a record, it is split until the
+    record that fails alone is found; that record is stored in a fallback rendering
+    (`storable_record`, then `skeleton_record`), or, when none can be stored, dropped: logged
+    without its values and counted in `dead_letters`. A skeleton that can't be stored means the
+    store can take nothing: then the records are put back like any failed batch.
     """
 
     def __init__(
@@ -308,6 +488,8 @@ class _Batcher:
         self._lock = threading.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._inflight = 0
+        self.dead_letters = 0
+        self.fallbacks = 0
 
     @property
     def pending(self) -> int:
@@ -356,7 +538,10 @@ class _Batcher:
                 log.exception("ormai_agents: could not store buffered audit records")
 
     async def flush(self, extra: AuditRecord | None = None) -> None:
-        """Store everything queued (and `extra`, durably, in the same batch)."""
+        """Store everything queued (and `extra`, durably, in the same batch).
+
+        Raises when the store is unavailable (queued records are kept), and
+        `AuditRecordRejected` when `extra` could be stored in no rendering."""
         batch = self._take()
         taken = len(batch)
         if extra is not None:
@@ -364,12 +549,62 @@ class _Batcher:
         if not batch:
             return
         try:
-            await self._store_many(batch)
-        except BaseException:
-            self._requeue(batch[:taken])
-            raise
+            lost = await self._store_resilient(batch, extra)
         finally:
             self._done(taken)
+        if extra is not None and any(r is extra for r in lost):
+            raise AuditRecordRejected("the audit record could not be stored")
+
+    async def _store_resilient(self, batch: list[AuditRecord], extra: AuditRecord | None) -> list[AuditRecord]:
+        """Store `batch`, splitting it around records that fail; returns the records dropped."""
+        chunks = [batch]  # a stack: the last chunk holds the oldest records not yet stored
+        lost: list[AuditRecord] = []
+        try:
+            while chunks:
+                chunk = chunks[-1]
+                try:
+                    await self._store_many(chunk)
+                except Exception as exc:
+                    if not is_record_error(exc):
+                        raise
+                    if len(chunk) > 1:
+                        chunks.pop()
+                        half = len(chunk) // 2
+                        chunks += [chunk[half:], chunk[:half]]
+                        continue
+                    if not _already_stored(exc) and not await self._last_resort(chunk[0], exc):
+                        lost.append(chunk[0])
+                chunks.pop()
+        except BaseException:
+            # The store is unavailable (or the task was cancelled): keep what was not stored.
+            unstored = [r for chunk in reversed(chunks) for r in chunk]
+            self._requeue([r for r in unstored if r is not extra])
+            raise
+        return lost
+
+    async def _last_resort(self, record: AuditRecord, first: BaseException) -> bool:
+        """Store `record` in a fallback rendering; False when none could be stored (dropped)."""
+        for render in (storable_record, skeleton_record):
+            try:
+                await self._store_many([render(record)])
+            except Exception as exc:
+                if _already_stored(exc):
+                    return True
+                if not is_record_error(exc):
+                    raise
+                continue
+            self.fallbacks += 1
+            log.warning(
+                "ormai_agents: stored audit record %s in a fallback rendering (%s could not be stored as is)",
+                _safe_id(record), type(first).__name__,
+            )  # fmt: skip
+            return True
+        self.dead_letters += 1
+        log.error(
+            "ormai_agents: dropped audit record %s: no rendering of it could be stored (%s)",
+            _safe_id(record), type(first).__name__,
+        )  # fmt: skip
+        return False
 
     async def aclose(self) -> None:
         timer, self._timer = self._timer, None
@@ -380,6 +615,13 @@ class _Batcher:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.flush()
+
+
+def _safe_id(record: AuditRecord) -> str:
+    # Identifies a record in a log line without any value an agent or a host chose.
+    rid = record.id if isinstance(record.id, str) and record.id.isascii() and record.id.isprintable() else "?"
+    tool = record.tool_name if isinstance(record.tool_name, str) and record.tool_name.isidentifier() else "?"
+    return f"{rid[:64]} ({tool[:64]}, {record.outcome if record.outcome in ('success', 'denied', 'error') else '?'})"
 
 
 # --- JSON lines ---------------------------------------------------------------------------
@@ -393,6 +635,16 @@ def _path_lock(path: Path) -> threading.Lock:
     key = os.path.abspath(path)
     with _PATH_LOCKS_GUARD:
         return _PATH_LOCKS.setdefault(key, threading.Lock())
+
+
+def _parse_line(line: bytes) -> AuditRecord | None:
+    """The record on one line of a JSONL store, or None when the line is not one."""
+    try:
+        record = AuditRecord.from_dict(json.loads(line.decode("utf-8")))
+        record.timestamp.tzinfo  # noqa: B018 - a datetime, or this is no record
+        return record
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None
 
 
 class JsonlAuditStore:
@@ -429,6 +681,7 @@ class JsonlAuditStore:
         self.fsync = fsync
         self._lock = _path_lock(self.path)
         self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending)
+        self._skipped = 0
 
     # writing
 
@@ -448,8 +701,30 @@ class JsonlAuditStore:
         """Store every queued record and stop the flush timer."""
         await self._batcher.aclose()
 
+    @property
+    def pending(self) -> int:
+        """How many records are queued, not yet written."""
+        return self._batcher.pending
+
+    @property
+    def dead_letters(self) -> int:
+        """Records dropped because no rendering of them could be written (each logged, without values)."""
+        return self._batcher.dead_letters
+
+    @property
+    def fallbacks(self) -> int:
+        """Records written in a fallback rendering (`storable_record` or `skeleton_record`)."""
+        return self._batcher.fallbacks
+
+    @property
+    def skipped_lines(self) -> int:
+        """Unreadable lines the last read skipped (a torn write, a line edited by hand)."""
+        return self._skipped
+
     async def _store_many(self, records: list[AuditRecord]) -> None:
-        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+        # One record per line, whatever its values hold: `escape_line` leaves nothing a reader
+        # could split on; a value UTF-8 can't encode fails here, and the batcher falls back.
+        data = "".join(escape_line(r._json()) + "\n" for r in records).encode("utf-8")
         # A small append to an existing file is a page-cache copy of a few microseconds, cheaper
         # than a trip to a worker thread: do it here when nobody holds the file. fsync, rotation
         # and a busy file go to a worker thread, off the event loop.
@@ -514,9 +789,9 @@ class JsonlAuditStore:
         files = [self.path] + [self._backup(n) for n in range(1, self.backup_count + 1)]
         return [f for f in files if f.exists()]
 
-    def _read_lines(self, path: Path) -> list[str]:
+    def _read_lines(self, path: Path) -> list[bytes]:
         try:
-            return path.read_text(encoding="utf-8").splitlines()
+            return path.read_bytes().split(b"\n")
         except FileNotFoundError:
             return []
 
@@ -533,15 +808,24 @@ class JsonlAuditStore:
         contents = []
         for fh in handles:
             with fh:
-                contents.append(fh.read().decode("utf-8", errors="replace").splitlines())
-        for lines in contents:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    yield AuditRecord.from_dict(json.loads(line))
-                except (ValueError, TypeError):
-                    log.warning("ormai_agents: skipped an unreadable line in %s", self.path)
+                contents.append(fh.read())
+        skipped = 0
+        try:
+            for data in contents:
+                # Lines end with "\n" only: the writer escapes every other character a reader
+                # might take as a line break, so a value can't split or hide a record.
+                for line in data.split(b"\n"):
+                    if not line.strip():
+                        continue
+                    record = _parse_line(line)
+                    if record is None:
+                        skipped += 1
+                        continue
+                    yield record
+        finally:
+            self._skipped = skipped
+            if skipped:
+                log.warning("ormai_agents: skipped %d unreadable line(s) in %s and its backups", skipped, self.path)
 
     async def query(
         self,
@@ -572,14 +856,12 @@ class JsonlAuditStore:
             dropped = 0
             with self._lock:
                 for path in self._files_newest_first():
-                    lines = self._read_lines(path)
+                    lines = [line for line in self._read_lines(path) if line.strip()]
                     keep = []
                     for line in lines:
-                        if not line.strip():
-                            continue
                         try:
                             ts = _utc(datetime.fromisoformat(json.loads(line)["timestamp"]))
-                        except (ValueError, TypeError, KeyError):
+                        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                             keep.append(line)  # unreadable lines are kept for a human to inspect
                             continue
                         if ts >= cutoff:
@@ -588,7 +870,7 @@ class JsonlAuditStore:
                         continue
                     dropped += len(lines) - len(keep)
                     tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+                    tmp.write_bytes(b"".join(line + b"\n" for line in keep))
                     os.replace(tmp, path)
             return dropped
 
@@ -650,6 +932,13 @@ def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str |
         Index(f"ix_{name}_ts", "timestamp"),
         schema=schema,
     )
+
+
+def _cut(value: Any, limit: int | None) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else _dumps(value)
+    return text if limit is None else text[:limit]
 
 
 def _key(value: Any) -> str | None:
@@ -716,21 +1005,23 @@ class SqlAuditStore:
         return await asyncio.to_thread(sync)
 
     def _row(self, record: AuditRecord) -> dict[str, Any]:
-        data = record.to_dict()
+        # Plain columns are cut to their lengths; a value the database still refuses fails the
+        # batch, which is then split and the record stored in a fallback rendering.
+        data = json.loads(record._json())
         return {
-            "id": record.id,
+            "id": _cut(data["id"], 64),
             "timestamp": record.timestamp,
-            "tenant_id": _key(record.tenant_id),
-            "user_id": _key(record.user_id),
-            "tool_name": record.tool_name[:64],
-            "model": record.model[:200] if record.model else None,
-            "outcome": record.outcome,
-            "error_code": record.error_code,
-            "error_message": record.error_message,
-            "row_count": record.row_count,
-            "duration_ms": record.duration_ms,
-            "bypass_used": bool(record.bypass_used),
-            "request_id": record.request_id[:200] if record.request_id else None,
+            "tenant_id": _key(data["tenant_id"]),
+            "user_id": _key(data["user_id"]),
+            "tool_name": _cut(data["tool_name"], 64),
+            "model": _cut(data["model"], 200),
+            "outcome": _cut(data["outcome"], 16),
+            "error_code": _cut(data["error_code"], 64),
+            "error_message": _cut(data["error_message"], None),
+            "row_count": data["row_count"],
+            "duration_ms": data["duration_ms"],
+            "bypass_used": bool(data["bypass_used"]),
+            "request_id": _cut(data["request_id"], 200),
             "principal": {"tenant_id": data["tenant_id"], "user_id": data["user_id"], "roles": data["roles"]},
             "inputs": data["inputs"],
             "scopes_injected": data["scopes_injected"],
@@ -741,7 +1032,7 @@ class SqlAuditStore:
 
     def _record(self, row: Any) -> AuditRecord:
         m = row._mapping
-        principal = m["principal"] or {}
+        principal = m["principal"] if isinstance(m["principal"], dict) else {}
         return AuditRecord(
             id=m["id"],
             timestamp=m["timestamp"],
@@ -806,6 +1097,16 @@ class SqlAuditStore:
     def pending(self) -> int:
         """How many records are queued, not yet stored."""
         return self._batcher.pending
+
+    @property
+    def dead_letters(self) -> int:
+        """Records dropped because no rendering of them could be stored (each logged, without values)."""
+        return self._batcher.dead_letters
+
+    @property
+    def fallbacks(self) -> int:
+        """Records stored in a fallback rendering (`storable_record` or `skeleton_record`)."""
+        return self._batcher.fallbacks
 
     # reading
 

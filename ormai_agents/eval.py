@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,8 +38,11 @@ from ormai_agents._errors import OrmAIError
 from ormai_agents._paths import parse_principal_path
 from ormai_agents._plan import ModelPlan
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
+from ormai_agents._storable import clean, escape_line
 from ormai_agents.policy import FieldAction, Policy
 from ormai_agents.toolset import _DENIED_CODES, Toolset, _execute
+
+log = logging.getLogger("ormai_agents")
 
 __all__ = [
     "EvalCase",
@@ -56,8 +60,10 @@ __all__ = [
     "SuiteResult",
     "Violation",
     "WithinLimits",
+    "load_recording",
     "no_cross_tenant_data",
     "no_denied_fields",
+    "read_recording",
     "replay",
     "within_limits",
 ]
@@ -677,6 +683,11 @@ class RecordedCall:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RecordedCall:
+        """The call `to_dict` produced; ValueError when `data` is not one."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("tool"), str) or not isinstance(data.get("outcome"), str):
+            raise ValueError("not a recorded call")
+        if not isinstance(data.get("principal"), Mapping) or not isinstance(data.get("kwargs") or {}, Mapping):
+            raise ValueError("not a recorded call")
         return cls(
             tool=data["tool"],
             principal=dict(data["principal"]),
@@ -744,10 +755,9 @@ class Recorder:
         self, toolset: Toolset, principal: Principal, tool: str, kwargs: Mapping[str, Any], result: Any, error: BaseException | None
     ) -> RecordedCall:
         call = _observe(toolset, principal, tool, kwargs, result, error, redact=self.redact)
-        line = json.dumps(call.to_dict(), default=str, ensure_ascii=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:  # one small append per call
-            fh.write(line)
+        with self.path.open("ab") as fh:  # one small append per call
+            fh.write(_line(call.to_dict()))
         return call
 
     def wrap(self, toolset: Toolset) -> RecordingToolset:
@@ -758,13 +768,39 @@ class Recorder:
         return load_recording(self.path)
 
 
+def _line(data: dict[str, Any]) -> bytes:
+    """One JSON line, whatever the values hold (see `ormai_agents._storable`)."""
+    try:
+        text = json.dumps(data, default=str, ensure_ascii=False, allow_nan=False)
+        return (escape_line(text) + "\n").encode("utf-8")
+    except (ValueError, TypeError, RecursionError):
+        text = json.dumps(clean(data), default=str, ensure_ascii=False, allow_nan=False)
+        return (escape_line(text) + "\n").encode("utf-8")
+
+
 def load_recording(path: str | Path) -> list[RecordedCall]:
-    """The calls of a recording, in order."""
+    """The calls of a recording, in order. Unreadable lines are skipped and logged (see
+    `read_recording` for their count)."""
+    return read_recording(path)[0]
+
+
+def read_recording(path: str | Path) -> tuple[list[RecordedCall], int]:
+    """The calls of a recording, in order, and how many unreadable lines were skipped.
+
+    Lines end with "\n" only (the recorder escapes every other line break inside values); a
+    line that is not a recorded call (torn, edited) is skipped, never fatal."""
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(RecordedCall.from_dict(json.loads(line)))
-    return out
+    skipped = 0
+    for line in Path(path).read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            out.append(RecordedCall.from_dict(json.loads(line.decode("utf-8"))))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            skipped += 1
+    if skipped:
+        log.warning("ormai_agents: skipped %d unreadable line(s) in the recording %s", skipped, path)
+    return out, skipped
 
 
 class RecordingToolset:
@@ -822,6 +858,7 @@ class ReplayReport:
     replayed: int
     skipped: int
     differences: list[ReplayDifference]
+    unreadable: int = 0  # lines of the recording file that were not a recorded call
 
     @property
     def ok(self) -> bool:
@@ -829,6 +866,8 @@ class ReplayReport:
 
     def summary(self) -> str:
         head = f"{self.replayed} calls replayed, {self.skipped} skipped, {len(self.differences)} differences"
+        if self.unreadable:
+            head += f", {self.unreadable} unreadable lines skipped"
         return "\n".join([head, *(f"  {d}" for d in self.differences)])
 
 
@@ -851,8 +890,9 @@ async def replay(
     `include_writes` (they would change `db`). Pagination cursors are not replayed: a call that
     used one is replayed as its first page.
     """
+    unreadable = 0
     if isinstance(calls, (str, Path)):
-        calls = load_recording(calls)
+        calls, unreadable = read_recording(calls)
     differences: list[ReplayDifference] = []
     replayed = skipped = 0
     for index, call in enumerate(calls):
@@ -901,5 +941,5 @@ async def replay(
             differences.append(
                 ReplayDifference(index, call.tool, model, "rows_changed", f"{call.row_count} rows", f"{now.row_count} rows")
             )
-    return ReplayReport(replayed, skipped, differences)
+    return ReplayReport(replayed, skipped, differences, unreadable)
 

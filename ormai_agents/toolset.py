@@ -37,7 +37,7 @@ from ormai_agents._errors import (
 )
 from ormai_agents._operations import AGGREGATE_FUNCTIONS, READ_OPERATIONS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_plans
-from ormai_agents._redact import redact_inputs
+from ormai_agents._redact import redact_inputs, redact_snapshot
 from ormai_agents._results import (
     AggregateResult,
     GetResult,
@@ -45,6 +45,7 @@ from ormai_agents._results import (
     SchemaResult,
     WriteResult,
 )
+from ormai_agents._storable import clean, clean_text
 from ormai_agents._types import is_numeric, json_schema_for
 from ormai_agents.approvals import ApprovalGate, ApprovalStore, MemoryApprovalStore
 from ormai_agents.audit import AuditRecord, AuditStore, deliver
@@ -635,29 +636,41 @@ class _Call:
             raise error from exc
         return False
 
-    async def _audit(self, store: AuditStore | None, error: OrmAIError | None, strict: bool = False) -> None:
+    def _record(self, error: OrmAIError | None, bare: bool = False) -> AuditRecord:
+        """The call's audit record, redacted once and storable by every store and event sink.
+
+        `bare` keeps the principal's ids and what the toolset itself decides (the fallback when
+        a value can't be rendered at all)."""
         principal = self.ctx.principal
         where = self.where
         model = self.model if isinstance(self.model, str) else None
-        record = AuditRecord(
+        patterns = self.toolset._redact_keys
+        return AuditRecord(
             tool_name=self.tool,
-            model=model[:200] if model is not None else None,
-            tenant_id=principal.tenant_id,
-            user_id=principal.user_id,
-            roles=list(principal.roles),
-            inputs=self.toolset.redact(self.plan, self.inputs),
-            scopes_injected=list(where.scopes) if where else [],
-            policies_applied=list(where.policies) if where else [],
+            model=clean_text(model, 200) if model is not None else None,
+            tenant_id=clean(principal.tenant_id),
+            user_id=clean(principal.user_id),
+            roles=[] if bare else clean(list(principal.roles)),
+            inputs={"[UNRECORDABLE]": True} if bare else self.toolset.redact(self.plan, self.inputs),
+            scopes_injected=clean(list(where.scopes)) if where and not bare else [],
+            policies_applied=clean(list(where.policies)) if where and not bare else [],
             bypass_used=where.bypass if where else False,
             outcome="success" if error is None else ("denied" if error.code in _DENIED_CODES else "error"),
             error_code=None if error is None else error.code,
-            error_message=None if error is None else error.message,
+            error_message=None if error is None or bare else clean_text(error.message),
             row_count=self.row_count,
             duration_ms=(time.perf_counter() - self.started) * 1000,
-            before=self.before,
-            after=self.after,
-            request_id=self.ctx.request_id,
+            before=None if bare else redact_snapshot(self.before, patterns),
+            after=None if bare else redact_snapshot(self.after, patterns),
+            request_id=None if bare or self.ctx.request_id is None else clean_text(str(self.ctx.request_id), 200),
         )
+
+    async def _audit(self, store: AuditStore | None, error: OrmAIError | None, strict: bool = False) -> None:
+        try:
+            record = self._record(error)
+        except Exception:  # a host's odd value must not cost the call its record
+            log.exception("ormai_agents: could not build the audit record of a %s call", self.tool)
+            record = self._record(error, bare=True)
         if store is not None:
             try:
                 await deliver(store, record, durable=self.tool not in _READ_TOOLS, db=self.ctx.db)

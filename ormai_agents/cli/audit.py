@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ormai_agents.cli._common import (
     CliError,
@@ -40,14 +43,19 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON lines.")] = False,
 ) -> None:
     """The audit records of a tenant, newest first."""
-    records = asyncio.run(_read_audit(store, tenant, limit, user, tool, table_name))
+    records, skipped = asyncio.run(_read_audit(store, tenant, limit, user, tool, table_name))
+    if skipped:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            Text(f"warning: skipped {skipped} unreadable line(s) in the audit file", style="yellow")
+        )
     if as_json:
         for record in records:
+            # ensure_ascii: control characters and escape sequences are written as \u escapes.
             typer.echo(json.dumps(record.to_dict(), default=str))
         return
     con = console()
     if not records:
-        con.print(f"No audit records for tenant {tenant!r}.")
+        con.print(Text(f"No audit records for tenant {shown(repr(tenant))}."))
         return
     con.print(
         audit_table(
@@ -57,9 +65,30 @@ def audit(
     )
 
 
+# Characters a terminal acts on, or that change how the text around them reads: C0 and C1
+# controls (ESC starts ANSI and OSC sequences), bidirectional and zero-width marks, line and
+# paragraph separators, lone surrogates. Shown as visible escapes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(value: Any) -> str:
+    """Text an agent or a host chose, safe on a terminal: unprintable characters as escapes.
+
+    Print it through `rich.text.Text` (never as markup), so `[bold]` stays literal text."""
+    return _UNPRINTABLE.sub(_escape, value if isinstance(value, str) else str(value))
+
+
 def audit_table(records: list[Any], title: str, show_tenant: bool = False) -> Table:
-    """A rich table of audit records."""
-    out = Table(title=title)
+    """A rich table of audit records.
+
+    Every value is plain text: markup and terminal escape sequences in what an agent sent (or a
+    host stored) are shown, never interpreted."""
+    out = Table(title=Text(shown(title)))
     columns = [
         "time (UTC)",
         "tenant",
@@ -74,22 +103,25 @@ def audit_table(records: list[Any], title: str, show_tenant: bool = False) -> Ta
     ]
     for col in columns if show_tenant else [c for c in columns if c != "tenant"]:
         out.add_column(col, overflow="fold")
+    styles = {"success": "green", "denied": "red"}
     for r in records:
-        outcome = {"success": "[green]success[/]", "denied": "[red]denied[/]"}.get(r.outcome, f"[yellow]{r.outcome}[/]")
+        outcome = Text(shown(r.outcome), style=styles.get(r.outcome, "yellow"))
         if r.error_code:
-            outcome += f" ({r.error_code})"
-        policies = ", ".join(r.policies_applied) + (" [bold]bypass[/]" if r.bypass_used else "")
+            outcome.append(f" ({shown(r.error_code)})")
+        policies = Text(shown(", ".join(str(p) for p in r.policies_applied)))
+        if r.bypass_used:
+            policies.append(" bypass", style="bold")
         cells = [
-            r.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
-            *([str(r.tenant_id)] if show_tenant else []),
-            str(r.user_id) if r.user_id is not None else "",
-            r.tool_name,
-            r.model or "",
+            Text(r.timestamp.strftime("%Y-%m-%d %H:%M:%S")),
+            *([Text(shown(r.tenant_id))] if show_tenant else []),
+            Text(shown(r.user_id) if r.user_id is not None else ""),
+            Text(shown(r.tool_name)),
+            Text(shown(r.model or "")),
             outcome,
-            "" if r.row_count is None else str(r.row_count),
-            " AND ".join(r.scopes_injected),
+            Text("" if r.row_count is None else str(r.row_count)),
+            Text(shown(" AND ".join(str(s) for s in r.scopes_injected))),
             policies,
-            f"{r.duration_ms:.1f}",
+            Text(f"{r.duration_ms:.1f}"),
         ]
         out.add_row(*cells)
     return out
@@ -102,7 +134,7 @@ async def _read_audit(
     user: str | None,
     tool: str | None,
     table_name: str,
-) -> list[Any]:
+) -> tuple[list[Any], int]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from ormai_agents.audit import JsonlAuditStore, SqlAuditStore
@@ -116,7 +148,7 @@ async def _read_audit(
     engine = None
     if kind == "jsonl":
         if not Path(target).is_file():
-            raise CliError(f"--store: no audit file at {target}")
+            raise CliError(f"--store: no audit file at {shown(target)}")
         store: Any = JsonlAuditStore(target, max_bytes=None)
     else:
         from sqlalchemy import inspect
@@ -124,7 +156,7 @@ async def _read_audit(
         engine = open_engine(target, "--store sql:")
         try:
             if not inspect(engine).has_table(table_name):
-                raise CliError(f"--store: the database has no audit table {table_name!r}")
+                raise CliError(f"--store: the database has no audit table {shown(repr(table_name))}")
         except SQLAlchemyError as exc:
             engine.dispose()
             raise CliError(f"--store: {database_error(exc, target)}") from None
@@ -133,12 +165,14 @@ async def _read_audit(
             raise
         store = SqlAuditStore(engine, table_name=table_name, batch_size=1)
     try:
+        skipped = 0
         for t in tenants:
             for u in users:
                 found = await store.query(tenant_id=t, user_id=u, tool_name=tool, limit=limit)
+                skipped = max(skipped, getattr(store, "skipped_lines", 0))
                 if found:
-                    return list(found)
-        return []
+                    return list(found), skipped
+        return [], skipped
     except SQLAlchemyError as exc:
         raise CliError(f"--store: {database_error(exc, target)}") from None
     finally:

@@ -1,0 +1,181 @@
+"""Values every audit store can keep, whatever an agent or a host put in them.
+
+An audit record carries values the agent chose (in any argument of any call, valid or not) and
+values the host chose (principal ids, request ids). Each store has limits of its own: UTF-8 has
+no lone surrogates, PostgreSQL text has no NUL, JSON has no infinity, serializers recurse. One
+walk here makes a value storable everywhere, cheaply for the small values calls usually carry:
+
+- text is kept as is, except that lone surrogates and NUL become the six visible characters of
+  their JSON escape (`\\ud800`, `\\u0000`), and text longer than `MAX_TEXT` is cut, ending
+  with a `[TRUNCATED: n characters]` marker giving its original length;
+- non-finite floats become the strings "inf", "-inf" and "nan"; huge integers a marker;
+- containers deeper than `MAX_DEPTH`, with more than `MAX_ITEMS` items, or past the size budget
+  of one value (`MAX_BUDGET` characters and items) are cut with a marker;
+- dict keys become text; anything else that is not JSON becomes text (dates in ISO 8601).
+
+An optional `secret(key)` predicate replaces the value under every matching key, at any depth.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+REDACTED = "[REDACTED]"
+TRUNCATED = "[TRUNCATED]"
+MAX_DEPTH = 20
+MAX_ITEMS = 256
+MAX_TEXT = 4096
+MAX_KEY = 200
+MAX_BUDGET = 65_536
+_MAX_INT_BITS = 1024
+_SMALL_INT = 2**63
+_TOO_DEEP = "[TRUNCATED: nested too deep]"
+
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def clean_text(value: str, limit: int = MAX_TEXT) -> str:
+    """`value` as storable text: lone surrogates and NUL escaped, at most `limit` characters
+    (a cut text ends with a marker giving the original length)."""
+    size = len(value)
+    text = value[:limit] if size > limit else value
+    if text.isascii():
+        if "\x00" in text:
+            text = text.replace("\x00", "\\u0000")
+    else:
+        try:
+            text.encode("utf-8")
+            if "\x00" in text:
+                text = text.replace("\x00", "\\u0000")
+        except UnicodeEncodeError:
+            text = _UNSTORABLE_CHARS.sub(_escape_char, text)
+    if size > limit or len(text) > limit:
+        marker = f"…[TRUNCATED: {size} characters]"
+        text = text[: max(0, limit - len(marker))] + marker
+    return text
+
+
+def clean(value: Any, secret: Callable[[str], bool] | None = None, budget: int = MAX_BUDGET) -> Any:
+    """`value` made storable (see the module docstring); `secret` names keys whose values are redacted."""
+    kind = type(value)
+    # Fast paths for what most records carry: ids, short ASCII text, lists of such text.
+    if kind is str:
+        if len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
+            return value
+    elif value is None or kind is bool or (kind is int and -_SMALL_INT <= value <= _SMALL_INT):
+        return value
+    elif kind is list and not value:
+        return []
+    elif kind is list and all(type(v) is str and len(v) <= MAX_TEXT and v.isascii() and "\x00" not in v for v in value):
+        if len(value) <= MAX_ITEMS:
+            return list(value)
+    return _clean(value, secret, 0, [budget])
+
+
+def _clean(value: Any, secret: Callable[[str], bool] | None, depth: int, budget: list[int]) -> Any:
+    kind = type(value)
+    if kind is str:
+        if budget[0] <= 0:
+            return TRUNCATED
+        out = clean_text(value, min(MAX_TEXT, max(budget[0], 64)))
+        budget[0] -= len(out)
+        return out
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        budget[0] -= 1
+        if value.bit_length() > _MAX_INT_BITS:
+            return f"[TRUNCATED: an integer of {value.bit_length()} bits]"
+        return value
+    if kind is float:
+        budget[0] -= 1
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        if depth >= MAX_DEPTH:
+            return _TOO_DEEP
+        out_map: dict[str, Any] = {}
+        count = 0
+        try:
+            items = list(value.items())
+        except Exception:  # noqa: BLE001 - a host's odd mapping: record that there was one
+            return f"<{type(value).__name__}>"
+        for key, item in items:
+            if count >= MAX_ITEMS or budget[0] <= 0:
+                out_map[TRUNCATED] = f"[TRUNCATED: {len(items) - count} more keys]"
+                break
+            name = key if type(key) is str else _key_text(key)
+            stored = clean_text(name, MAX_KEY) if len(name) > MAX_KEY or not name.isascii() or "\x00" in name else name
+            budget[0] -= len(stored) + 1
+            out_map[stored] = REDACTED if secret is not None and secret(name) else _clean(item, secret, depth + 1, budget)
+            count += 1
+        return out_map
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if depth >= MAX_DEPTH:
+            return _TOO_DEEP
+        out_list: list[Any] = []
+        total = len(value)
+        for item in value:
+            if len(out_list) >= MAX_ITEMS or budget[0] <= 0:
+                out_list.append(f"[TRUNCATED: {total - len(out_list)} more items]")
+                break
+            budget[0] -= 1
+            out_list.append(_clean(item, secret, depth + 1, budget))
+        return out_list
+    return _clean(_plain(value), secret, depth, budget) if isinstance(value, (Enum, Decimal)) else _other(value, budget)
+
+
+def _plain(value: Enum | Decimal) -> Any:
+    if isinstance(value, Enum):
+        inner = value.value
+        return inner if not isinstance(inner, (Enum, Decimal)) else str(inner)
+    return str(value)  # Decimal: exact text, also for NaN and Infinity
+
+
+def _other(value: Any, budget: list[int]) -> str:
+    if isinstance(value, (datetime, date, time)):
+        text = value.isoformat()
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        text = f"<{len(value)} bytes>"
+    else:
+        try:
+            text = str(value)
+        except Exception:  # noqa: BLE001 - an object whose str() fails: name its type only
+            text = f"<{type(value).__name__}>"
+        if type(text) is not str:
+            text = f"<{type(value).__name__}>"
+    out = clean_text(text, min(MAX_TEXT, max(budget[0], 64)))
+    budget[0] -= len(out)
+    return out
+
+
+def _key_text(key: Any) -> str:
+    if key is None or isinstance(key, (bool, int, float)):
+        return str(key) if not isinstance(key, float) or math.isfinite(key) else repr(key)
+    return _other(key, [MAX_KEY])
+
+
+# --- JSON lines ---------------------------------------------------------------------------------
+
+# Characters a JSON encoder may leave raw that some readers take as a line break (U+0085,
+# U+2028, U+2029), plus the other C1 controls and DEL: written as \\u escapes, one line per record.
+_LINE_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def escape_line(text: str) -> str:
+    """JSON text with every character a line reader could split on written as a \\u escape."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _LINE_UNSAFE.sub(_escape_char, text)
+
+
+__all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_TEXT", "REDACTED", "TRUNCATED", "clean", "clean_text", "escape_line"]
