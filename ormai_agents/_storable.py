@@ -104,12 +104,11 @@ def _clean(value: Any, secret: Callable[[str], bool] | None, depth: int, budget:
         if depth >= MAX_DEPTH:
             return _TOO_DEEP
         out_map: dict[str, Any] = {}
-        count = 0
         try:
             items = list(value.items())
         except Exception:  # noqa: BLE001 - a host's odd mapping: record that there was one
             return f"<{type(value).__name__}>"
-        for key, item in items:
+        for count, (key, item) in enumerate(items):
             if count >= MAX_ITEMS or budget[0] <= 0:
                 out_map[TRUNCATED] = f"[TRUNCATED: {len(items) - count} more keys]"
                 break
@@ -117,7 +116,6 @@ def _clean(value: Any, secret: Callable[[str], bool] | None, depth: int, budget:
             stored = clean_text(name, MAX_KEY) if len(name) > MAX_KEY or not name.isascii() or "\x00" in name else name
             budget[0] -= len(stored) + 1
             out_map[stored] = REDACTED if secret is not None and secret(name) else _clean(item, secret, depth + 1, budget)
-            count += 1
         return out_map
     if isinstance(value, (list, tuple, set, frozenset)):
         if depth >= MAX_DEPTH:

@@ -20,14 +20,21 @@ from sqlalchemy import Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from typer.testing import CliRunner
 
-from ormai_agents import ModelPolicy, OrmAIError, Policy, Principal, RunContext, Toolset, WriteAction, WritePolicy
+from ormai_agents import (
+    ModelPolicy,
+    OrmAIError,
+    Policy,
+    Principal,
+    RunContext,
+    Toolset,
+    WriteAction,
+    WritePolicy,
+)
 from ormai_agents.audit import JsonlAuditStore, MemoryAuditStore, SqlAuditStore
 from ormai_agents.cli import app
-from tests.conftest import Backend, pg_url
+from tests.conftest import ACME, GLOBEX, Backend, pg_url
 from tests.hostile_values import hostile_calls
 
-ACME = Principal(tenant_id="acme", user_id="u1")
-GLOBEX = Principal(tenant_id="globex", user_id="u2")
 KINDS = ["memory", "jsonl", "sql-sync", "sql-async"]
 
 
@@ -53,9 +60,12 @@ POLICY = Policy(
             fields={"id": "allow", "tenant_id": "allow", "title": "allow", "body": "allow"},
             scoping={"tenant_id": "principal.tenant_id"},
             write_policy=WritePolicy(
-                create=WriteAction.Allow, update=WriteAction.Allow, delete=WriteAction.Allow,
-                bulk_update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"},
-            ),  # fmt: skip
+                create=WriteAction.Allow,
+                update=WriteAction.Allow,
+                delete=WriteAction.Allow,
+                bulk_update=WriteAction.Allow,
+                auto_set={"tenant_id": "principal.tenant_id"},
+            ),
         )
     }
 )
@@ -89,7 +99,7 @@ def cli_store(store: Any, backend: Backend) -> list[str] | None:
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning", "ignore::hypothesis.errors.HypothesisWarning")
 @pytest.mark.parametrize("kind", KINDS)
 def test_hostile_values_never_poison_a_store(shop_backend: Backend, tmp_path: Path, kind: str) -> None:
-    base, note = note_model(f"notes_{uuid.uuid4().hex[:8]}")
+    base, _ = note_model(f"notes_{uuid.uuid4().hex[:8]}")
     base.metadata.create_all(shop_backend.sync_engine)
     store = make_store(kind, shop_backend, tmp_path)
     toolset = Toolset(base, POLICY, store, secret_key=b"h" * 32)

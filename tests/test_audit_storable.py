@@ -20,22 +20,37 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import Field
 from sqlalchemy import JSON, Integer, String, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from typer.testing import CliRunner
 
-from ormai_agents import AuditUnavailableError, ModelPolicy, Policy, Principal, RunContext, Toolset, WriteAction, WritePolicy
+from ormai_agents import (
+    AuditUnavailableError,
+    ModelPolicy,
+    OrmAIError,
+    Policy,
+    RunContext,
+    Toolset,
+    WriteAction,
+    WritePolicy,
+)
 from ormai_agents._storable import MAX_DEPTH, MAX_ITEMS, MAX_TEXT, REDACTED, clean
-from ormai_agents.audit import AuditRecord, JsonlAuditStore, MemoryAuditStore, SqlAuditStore, storable_record
+from ormai_agents.audit import (
+    AuditRecord,
+    JsonlAuditStore,
+    MemoryAuditStore,
+    SqlAuditStore,
+    storable_record,
+)
 from ormai_agents.cli import app
 from ormai_agents.eval import Recorder, read_recording, replay
 from tests import shop
-from tests.conftest import Backend
+from tests.conftest import ACME, BACKENDS, Backend
 from tests.hostile_values import SPECIALS, hostile, nest
-from tests.writes_support import count, ids, wb, wdb1, write_policy  # noqa: F401 - fixtures
+from tests.writes_support import count, ids, write_policy
 
-ACME = Principal(tenant_id="acme", user_id="u1")
 runner = CliRunner()
 
 
@@ -163,7 +178,7 @@ async def test_an_unavailable_store_keeps_records_queued(tmp_path: Path) -> None
     assert (store.pending, store.dead_letters, store.fallbacks) == (3, 0, 0)
 
 
-@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 async def test_write_of_a_dropped_record_fails_the_write_closed(tmp_path: Path, wb: Backend, wdb1: Any) -> None:
     class RefuseWrites(JsonlAuditStore):
         async def _store_many(self, records: list[AuditRecord]) -> None:
@@ -241,8 +256,8 @@ async def test_recordings_write_one_line_per_call_and_skip_bad_lines(tmp_path: P
             try:
                 await recording.query(RunContext(ACME, db), model="Order", filters=[{"field": "status", "op": "eq", "value": special}],
                                       select=[special, "\ud800", math.inf])  # fmt: skip
-            except Exception:  # noqa: BLE001 - refusals are recorded too
-                pass
+            except OrmAIError:
+                pass  # refusals are recorded too
     with path.open("ab") as fh:
         fh.write(b"{torn line\n[1]\n")
     calls, skipped = read_recording(path)
@@ -306,12 +321,12 @@ def accounts(shop_backend: Backend) -> Any:
 
 
 async def test_redact_keys_hide_snapshot_values_in_every_destination(accounts: Backend, tmp_path: Path) -> None:
-    from langchain_core.callbacks import BaseCallbackHandler  # noqa: PLC0415 - extras
-    from llama_index.core.instrumentation import get_dispatcher  # noqa: PLC0415
-    from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: PLC0415
+    from langchain_core.callbacks import BaseCallbackHandler
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
-    from ormai_agents.langchain import AUDIT_EVENT, OrmAIToolkit  # noqa: PLC0415
-    from ormai_agents.llamaindex import OrmAIAuditEvent, OrmAIToolSpec  # noqa: PLC0415
+    from ormai_agents.langchain import AUDIT_EVENT, OrmAIToolkit
+    from ormai_agents.llamaindex import OrmAIAuditEvent, OrmAIToolSpec
 
     jsonl, memory = JsonlAuditStore(tmp_path / "a.jsonl"), MemoryAuditStore()
     seen: list[Any] = []
@@ -345,7 +360,7 @@ async def test_redact_keys_hide_snapshot_values_in_every_destination(accounts: B
     await tools["update_account"].ainvoke({"id": key, "data": {"name": "lc"}}, config={"callbacks": [lc]})
 
     class LiEvents(BaseEventHandler):
-        events: list[Any] = []
+        events: list[Any] = Field(default_factory=list)
 
         @classmethod
         def class_name(cls) -> str:
