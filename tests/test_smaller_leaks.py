@@ -38,9 +38,9 @@ from ormai_agents import (
 )
 from tests import shop
 from tests._truth import walk
-from tests.conftest import Backend
+from tests.conftest import ACME, BACKENDS, Backend
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
 KEY = b"smaller-leaks-key" * 2
 
@@ -105,7 +105,6 @@ def policy(child_id: FieldAction = FieldAction.Hash, entry_id: FieldAction = Fie
     )
 
 
-ACME = Principal(tenant_id="acme", user_id="u1")
 CODES = [f"c{i:02d}" for i in range(12)]
 
 

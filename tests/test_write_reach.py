@@ -25,7 +25,6 @@ from ormai_agents import (
     OrmAIError,
     Policy,
     PolicyError,
-    Principal,
     RowPolicy,
     RunContext,
     Toolset,
@@ -33,12 +32,11 @@ from ormai_agents import (
     WriteAction,
     WritePolicy,
 )
-from tests.conftest import Backend
+from tests.conftest import ACME, BACKENDS, Backend
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["sqlite", "postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
 
-ACME = Principal(tenant_id="acme", user_id="u1")
-U1, U2 = Principal(tenant_id="acme", user_id="u1"), Principal(tenant_id="acme", user_id="u2")
+U1 = ACME  # sees the accounts of user u1
 TENANT = {"tenant_id": "principal.tenant_id"}
 
 
