@@ -37,3 +37,98 @@ def test_public_names() -> None:
     codes = {core.ModelNotAllowedError.code, core.FieldNotAllowedError.code, core.RecordNotFoundError.code,
              core.WriteNotAllowedError.code, core.ValidationError.code, core.PolicyError.code}  # fmt: skip
     assert len(codes) == 6
+
+
+# --- the wheel, installed alone in a fresh virtual environment, on every declared Python -----------
+
+
+def _declared_pythons() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    prefix = "Programming Language :: Python :: 3."
+    minors = sorted(int(c[len(prefix) :]) for c in project["classifiers"] if c.startswith(prefix) and c[len(prefix) :].isdigit())
+    lowest = int(project["requires-python"].removeprefix(">=3."))
+    assert minors and minors[0] == lowest, "requires-python and the classifiers disagree"
+    return [f"3.{m}" for m in minors]
+
+
+def _interpreter(version: str) -> str | None:
+    import glob
+    import shutil
+
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    # pyenv's own interpreters first: its shims answer only for the selected versions.
+    installed = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    on_path = shutil.which(f"python{version}")
+    return installed[-1] if installed else (on_path if on_path and "/shims/" not in on_path else None)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    (path,) = out.glob("ormai_agents-*.whl")
+    return path
+
+
+# Run by the fresh interpreter, outside the repository: the core alone scopes a query.
+SCOPED_QUERY = """
+import asyncio, sys
+import sqlalchemy.ext.asyncio  # needs greenlet, which the core declares
+import ormai_agents
+from sqlalchemy import String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from ormai_agents import ModelPolicy, Policy, Principal, RunContext, Toolset
+
+assert "site-packages" in ormai_agents.__file__, ormai_agents.__file__
+assert not [m for m in sys.modules if m.split(".")[0] in ("langchain", "langchain_core", "llama_index", "typer", "rich", "yaml", "mcp")]
+
+class Base(DeclarativeBase):
+    pass
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(20))
+
+engine = create_engine("sqlite:///orders.db")
+Base.metadata.create_all(engine)
+with Session(engine) as session:
+    session.add_all([Order(id=1, tenant_id="acme"), Order(id=2, tenant_id="globex")])
+    session.commit()
+    toolset = Toolset(Base, Policy(models={"Order": ModelPolicy(fields={"id": "allow"}, scoping={"tenant_id": "principal.tenant_id"})}))
+    rows = asyncio.run(toolset.query(RunContext(principal=Principal(tenant_id="acme"), db=session), model="Order")).rows
+print(rows)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", _declared_pythons())
+def test_the_wheel_alone_imports_and_scopes_on_each_declared_python(version: str, wheel: Path, tmp_path: Path) -> None:
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
+    bin_dir = venv / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    install = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+                             capture_output=True, text=True, env=env, timeout=900, check=False)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "scoped.py").write_text(SCOPED_QUERY, encoding="utf-8")
+    run = subprocess.run([str(bin_dir / "python"), "scoped.py"], capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "[{'id': 1}]"
+    # The command exists in the base install and says which extra it needs, in one line.
+    cli = subprocess.run([str(bin_dir / "ormai-agents"), "demo"], capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)
+    assert cli.returncode == 2 and cli.stdout == "" and "Traceback" not in cli.stderr
+    assert cli.stderr.count("\n") == 1 and "'cli' extra" in cli.stderr and 'pip install -e ".[cli]"' in cli.stderr
