@@ -182,15 +182,19 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
     operator = FILTER_OPERATORS[spec.op]
     op, value = spec.op, spec.value
     shape = operator.shape
-    if spec.values is not None:
+    # Schemas offer both slots, and some providers make the model fill both: an empty `values`
+    # is "not given", and so is an empty `value` beside a list in `values`.
+    if spec.values:
         if shape not in ("list", "pair"):
             raise ValidationError(f"Filter {i}: {op} takes value, not values")
-        if value is not None:
+        if value is not None and value != "":
             raise ValidationError(f"Filter {i}: give the list in values or in value, not both")
         value = spec.values
     if shape == "flag":
         if value is None:
             value = True
+        elif isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"  # from schemas that keep one type (text) for values
         if not isinstance(value, bool):
             raise ValidationError(f"Filter {i}: {op} takes true or false")
         return operator.clause(info.column, value), value

@@ -121,8 +121,8 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[_-]+", name) if part) or "Tool"
 
 
-_SCALAR = str | float | bool
-_ITEM = str | float
+_SCALAR = float | bool | str  # text last: converters that keep one type keep text
+_ITEM = float | str
 
 
 def _filter_model(fields: list[str]) -> type[ToolArguments]:

@@ -204,6 +204,7 @@ def build_write_plans(
                 for op, action in enabled.items()
                 if not (TABLE[op].by_key and not plan.keyed)
                 and not (TABLE[op].needs_fields and not writable.get(op))
+                and not (op == "create" and _unfillable(plan, table, writable_create))
             },
         )
     exposed = {p.mapper.local_table: p for p in plans.values()}
@@ -285,6 +286,29 @@ def _refuse_write_oracles(wplan: WritePlan) -> None:
                 "hidden value lies. Make those fields readable or the written ones not writable, or set "
                 "accept_write_oracle=True on the row policy."
             )
+
+
+def _unfillable(plan: ModelPlan, table: Table | None, writable: list[str]) -> list[str]:
+    """NOT NULL columns a create can't fill: no default, not generated, not set by the server,
+    and not writable by the agent (denied, masked, hashed). With one, no create can succeed, so
+    no create tool is offered."""
+    if table is None:
+        return []
+    wp = plan.policy.write_policy
+    out = [
+        name
+        for name, column in plan.columns.items()
+        if column.table is table
+        and not column.nullable
+        and column.default is None
+        and column.server_default is None
+        and column is not table.autoincrement_column
+        and name not in writable
+        and name not in wp.auto_set
+    ]
+    if out:
+        log.warning("ormai_agents: %s can't be created by an agent: a required column can't be written; no create tool", plan.name)
+    return out
 
 
 def _required_on_create(plan: ModelPlan, table: Table | None, writable: list[str]) -> list[str]:

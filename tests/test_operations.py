@@ -140,8 +140,9 @@ async def test_describe_schema_reports_exactly_the_write_tools_built(db: Session
             assert set(described[model].get("writes", {})) == set(tools)
             for op, tool in tools.items():
                 assert (described[model]["writes"][op] == "require_approval") == tool.requires_approval
-    # The hashed key: records can't be named by id, so no update or delete, and no get.
-    assert set(described["Secret"]["writes"]) == {"create", "bulk_update"}
+    # The hashed key: records can't be named by id, so no update or delete, and no get; and the
+    # key can't be written, so no create can succeed: none is offered.
+    assert set(described["Secret"]["writes"]) == {"bulk_update"}
     assert set(described["Note"]["writes"]) == {"create", "update", "delete", "bulk_update"}
 
 
