@@ -125,10 +125,12 @@ def test_the_wheel_alone_imports_and_scopes_on_each_declared_python(version: str
     work = tmp_path / "work"
     work.mkdir()
     (work / "scoped.py").write_text(SCOPED_QUERY, encoding="utf-8")
-    run = subprocess.run([str(bin_dir / "python"), "scoped.py"], capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)
+    run = subprocess.run([str(bin_dir / "python"), "scoped.py"],
+                         capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == "[{'id': 1}]"
     # The command exists in the base install and says which extra it needs, in one line.
-    cli = subprocess.run([str(bin_dir / "ormai-agents"), "demo"], capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)
+    cli = subprocess.run([str(bin_dir / "ormai-agents"), "demo"],
+                         capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)  # fmt: skip
     assert cli.returncode == 2 and cli.stdout == "" and "Traceback" not in cli.stderr
     assert cli.stderr.count("\n") == 1 and "'cli' extra" in cli.stderr and 'pip install -e ".[cli]"' in cli.stderr
