@@ -295,21 +295,32 @@ class AuditStore(Protocol):
 
 
 async def deliver(store: AuditStore, record: AuditRecord, *, durable: bool, db: Any = None) -> None:
-    """Hand a record to a store: durably (writes), or batched where the store supports it (reads).
+    """Hand a record to a store: durably (a write that changed something), or batched where the
+    store supports it (reads, and writes that were refused or failed: they changed nothing).
 
-    `db` is the caller's session: a store that keeps records in the caller's transaction
-    (`SqlAuditStore(in_caller_transaction=True)`) stores a successful write's record there, so
-    the record and the change commit or roll back together.
+    `db` is the caller's session. A store that keeps a write's record in the caller's transaction
+    (`SqlAuditStore` on the caller's database, see `SqlAuditStore.uses_caller_transaction`)
+    stores it there: the record and the change commit or roll back together, and the write never
+    needs a second connection while it holds its own.
     """
-    if durable and db is not None and record.outcome == "success" and getattr(store, "in_caller_transaction", False):
-        await store.write_in(db, record)  # type: ignore[attr-defined]
-        return
-    if not durable:
-        buffered = getattr(store, "write_buffered", None)
-        if buffered is not None:
-            await buffered(record)
+    if durable and record.outcome == "success":
+        if db is not None and _uses_caller_transaction(store, db):
+            await store.write_in(db, record)  # type: ignore[attr-defined]
             return
+        await store.write(record)
+        return
+    buffered = getattr(store, "write_buffered", None)
+    if buffered is not None:
+        await buffered(record)
+        return
     await store.write(record)
+
+
+def _uses_caller_transaction(store: Any, db: Any) -> bool:
+    check = getattr(store, "uses_caller_transaction", None)
+    if check is not None:
+        return bool(check(db))
+    return bool(getattr(store, "in_caller_transaction", False)) and hasattr(store, "write_in")
 
 
 def matches(
@@ -456,15 +467,15 @@ class AuditRecordRejected(Exception):
 class _Batcher:
     """Queues records for a store and stores them in batches.
 
-    A batch is stored when `batch_size` records are queued, `flush_interval` seconds after the
-    first one was queued, with the next durable write, or on `flush()`/`aclose()`.
+    A batch is stored when `batch_size` records are queued (by a task of its own when
+    `background`, so the caller never waits for the store's connection), `flush_interval` seconds
+    after the first one was queued, with the next durable write, or on `flush()`/`aclose()`.
 
     When a batch fails because the store is unavailable, it is put back (oldest dropped beyond
     `max_pending`, with an error log). When it fails because of a record, it is split until the
     record that fails alone is found; that record is stored in a fallback rendering
     (`storable_record`, then `skeleton_record`), or, when none can be stored, dropped: logged
-    without its values and counted in `dead_letters`. A skeleton that can't be stored means the
-    store can take nothing: then the records are put back like any failed batch.
+    without its values and counted in `dead_letters`, never put back.
     """
 
     def __init__(
@@ -473,6 +484,8 @@ class _Batcher:
         batch_size: int,
         flush_interval: float,
         max_pending: int,
+        *,
+        background: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -487,6 +500,8 @@ class _Batcher:
         self._pending: list[AuditRecord] = []
         self._lock = threading.Lock()
         self._timer: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self.background = background
         self._inflight = 0
         self.dead_letters = 0
         self.fallbacks = 0
@@ -519,13 +534,36 @@ class _Batcher:
         with self._lock:
             self._pending.append(record)
             full = len(self._pending) >= self.batch_size
-        if full:
-            await self.flush()
-            return
         loop = asyncio.get_running_loop()
+        if full:
+            if not self.background:
+                await self._flush_now()
+                return
+            # Stored by a task of its own: the caller may hold a connection from the pool the
+            # store draws on, and must never wait for a second one.
+            drainer = self._drainer
+            if drainer is None or drainer.done() or drainer.get_loop() is not loop:
+                self._drainer = loop.create_task(self._drain())
+            return
         timer = self._timer
         if timer is None or timer.done() or timer.get_loop() is not loop:
             self._timer = loop.create_task(self._flush_later())
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self._flush_now()
+                if len(self._pending) < self.batch_size:
+                    return
+        except asyncio.CancelledError:
+            # An event loop shutting down: one more try for what is queued, then stop.
+            try:
+                await self._flush_now()
+            except Exception:
+                log.exception("ormai_agents: could not store buffered audit records")
+            raise
+        except Exception:
+            log.exception("ormai_agents: could not store buffered audit records")
 
     async def _flush_later(self) -> None:
         try:
@@ -533,15 +571,25 @@ class _Batcher:
         finally:
             # Also on cancellation (an event loop shutting down): store what is queued.
             try:
-                await self.flush()
+                await self._flush_now()
             except Exception:
                 log.exception("ormai_agents: could not store buffered audit records")
+
+    async def _settle(self) -> None:
+        """Wait for a background batch of this event loop still being stored."""
+        drainer = self._drainer
+        if drainer is not None and not drainer.done() and drainer.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([drainer])
 
     async def flush(self, extra: AuditRecord | None = None) -> None:
         """Store everything queued (and `extra`, durably, in the same batch).
 
         Raises when the store is unavailable (queued records are kept), and
         `AuditRecordRejected` when `extra` could be stored in no rendering."""
+        await self._settle()
+        await self._flush_now(extra)
+
+    async def _flush_now(self, extra: AuditRecord | None = None) -> None:
         batch = self._take()
         taken = len(batch)
         if extra is not None:
@@ -610,10 +658,7 @@ class _Batcher:
         timer, self._timer = self._timer, None
         if timer is not None and not timer.done() and timer.get_loop() is asyncio.get_running_loop():
             timer.cancel()
-            try:
-                await timer
-            except (asyncio.CancelledError, Exception):
-                pass
+            await asyncio.wait([timer])
         await self.flush()
 
 
@@ -934,6 +979,47 @@ def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str |
     )
 
 
+def _engine_of(db: Any) -> Engine | None:
+    """The sync Engine behind a Session, AsyncSession, Connection or AsyncConnection."""
+    try:
+        if isinstance(db, AsyncSession):
+            bind: Any = db.sync_session.get_bind()
+        elif isinstance(db, Session):
+            bind = db.get_bind()
+        elif isinstance(db, AsyncConnection):
+            bind = db.sync_engine
+        elif isinstance(db, Connection):
+            bind = db.engine
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a session without a single bind: no guess
+        return None
+    if isinstance(bind, Connection):
+        bind = bind.engine
+    return bind if isinstance(bind, Engine) else None
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def _same_database(a: Engine, b: Engine) -> bool:
+    """Whether two engines reach the same database (the same engine, or the same URL apart
+    from the driver)."""
+    if a is b:
+        return True
+    ua, ub = a.url, b.url
+    backend = ua.get_backend_name()
+    if backend != ub.get_backend_name():
+        return False
+    if backend == "sqlite":
+        files = [u.database for u in (ua, ub)]
+        if any(f in (None, "", ":memory:") or str(f).startswith("file:") for f in files):
+            return False
+        return os.path.realpath(str(files[0])) == os.path.realpath(str(files[1]))
+    port = _DEFAULT_PORTS.get(backend)
+    return (ua.host, ua.port or port, ua.database, ua.username) == (ub.host, ub.port or port, ub.database, ub.username)
+
+
 def _cut(value: Any, limit: int | None) -> str | None:
     if value is None:
         return None
@@ -957,16 +1043,27 @@ class SqlAuditStore:
     once (it does nothing when the table exists), or create it with your migrations from
     `audit_table()`. The table is indexed on (tenant_id, timestamp) and on timestamp.
 
-    Records of reads are batched by default (`batch_size=100`, `flush_interval=0.5` seconds):
-    one INSERT per batch instead of one transaction per call. `write` (used for writes) stores
-    at once, together with anything queued. `batch_size=1` stores every record at once.
+    Where a write's record goes (`in_caller_transaction`):
 
-    `in_caller_transaction=True` stores the record of each successful write in the caller's own
-    transaction (through `write_in`), so the record commits or rolls back with the change it
-    describes; the audit table must then be in the database (and schema) the caller's session
-    uses. Use it on SQLite when the audit table is in the application's database file: there a
-    second connection would wait for the caller's write lock until it times out. Denied and
-    failed calls are still stored through `engine`, so a rollback can't erase the attempt.
+    - `None` (the default): in the caller's own transaction when the caller's session is on this
+      store's database: the same engine, or an engine with the same database URL (backend, host,
+      port, database, user; the file for SQLite) and the same default schema. The record then
+      commits or rolls back with the change it describes, and the write never needs a second
+      connection while it holds its own, so a small pool, or a pooler's few server connections,
+      can't deadlock. Otherwise through `engine`, before the caller commits.
+    - `True`: always in the caller's transaction (the audit table must be in the database and
+      schema the caller's session uses; when it isn't there, every write fails closed).
+    - `False`: always through `engine`: for an audit database of its own. Give it connections
+      of its own too (its own pool, and its own pool in a pooler), or writes holding the
+      application's connections wait for the audit's.
+
+    Everything else is batched (`batch_size=100`, `flush_interval=0.5` seconds; one INSERT per
+    batch): the records of reads, and of writes that were refused or failed (they changed
+    nothing, and a rollback can't erase them). A full batch is stored by a background task, so a
+    call never waits for the store's connection. `query`, `flush` and `aclose` store what is
+    queued first. Call `await store.aclose()` on shutdown (on SIGTERM): until then, a crash loses
+    at most the records of the last `flush_interval` seconds (or `batch_size` calls). Records of
+    successful writes are never in that window.
     """
 
     def __init__(
@@ -978,15 +1075,43 @@ class SqlAuditStore:
         batch_size: int = 100,
         flush_interval: float = 0.5,
         max_pending: int = 10_000,
-        in_caller_transaction: bool = False,
+        in_caller_transaction: bool | None = None,
     ) -> None:
         if not isinstance(engine, (Engine, AsyncEngine)):
             raise TypeError("engine must be a SQLAlchemy Engine or AsyncEngine")
+        if in_caller_transaction not in (None, True, False):
+            raise TypeError("in_caller_transaction must be None (decide by database), True or False")
         self.engine = engine
         self.in_caller_transaction = in_caller_transaction
         self.metadata = MetaData()
         self.table = audit_table(self.metadata, table_name, schema)
-        self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending)
+        self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending, background=True)
+        self._same_database: dict[Engine, bool] = {}
+
+    def uses_caller_transaction(self, db: Any) -> bool:
+        """Whether a successful write made through `db` has its record stored in `db`'s
+        transaction (see `in_caller_transaction` in the class docstring)."""
+        if self.in_caller_transaction is not None:
+            return self.in_caller_transaction
+        caller = _engine_of(db)
+        if caller is None:
+            return False
+        verdict = self._same_database.get(caller)
+        if verdict is None:
+            mine = self.engine.sync_engine if isinstance(self.engine, AsyncEngine) else self.engine
+            verdict = _same_database(caller, mine)
+            # The same database, but a search_path that finds another schema (known once each
+            # engine has connected): the table is not where the caller's session would look.
+            schemas = (caller.dialect.default_schema_name, mine.dialect.default_schema_name)
+            known = self.table.schema is not None or None not in schemas
+            if verdict and self.table.schema is None and None not in schemas and schemas[0] != schemas[1]:
+                verdict = False
+            if not known:
+                return verdict
+            if len(self._same_database) > 64:
+                self._same_database.clear()
+            self._same_database[caller] = verdict
+        return verdict
 
     # plumbing
 
@@ -1076,8 +1201,15 @@ class SqlAuditStore:
         await self._batcher.add(record)
 
     async def write_in(self, db: Session | AsyncSession | Connection | AsyncConnection, record: AuditRecord) -> None:
-        """Store a record in `db`'s current transaction (the table must be in that database)."""
-        stmt = insert(self.table).values(self._row(record))
+        """Store a record in `db`'s current transaction (the table must be in that database).
+
+        When the database refuses it, the caller's transaction fails with it (writes fail
+        closed); the toolset's own records are always storable (see `storable_record`)."""
+        try:
+            row = self._row(record)
+        except (ValueError, TypeError, RecursionError, AttributeError):
+            row = self._row(storable_record(record))
+        stmt = insert(self.table).values(row)
         if isinstance(db, (AsyncSession, AsyncConnection)):
             await db.execute(stmt)
         elif isinstance(db, (Session, Connection)):

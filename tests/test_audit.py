@@ -289,16 +289,31 @@ async def test_sql_batching_and_flush_paths(shop_backend: Backend, shop_db: Any,
         async with shop_backend.async_engine.connect() as conn:
             return len((await conn.execute(select(store.table.c.id))).all())
 
+    async def soon(check: Any) -> bool:
+        # A full batch is stored by a background task: the call that filled it never waits.
+        for _ in range(200):
+            if await check():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def logged() -> bool:
+        return any("audit" in r.getMessage() for r in caplog.records)
+
     # The table does not exist yet: reads still answer, the failure is logged, records stay queued.
     with caplog.at_level(logging.ERROR, logger="ormai_agents"):
         for _ in range(4):
             await toolset.aggregate(ctx, model="Order")
+        assert await soon(logged)
     assert store.pending == 4
-    assert any("audit" in r.getMessage() for r in caplog.records)
     await store.create_table()
 
-    await toolset.aggregate(ctx, model="Order")  # 5 queued, a full batch: stored now
-    assert store.pending == 0 and await in_table() == 5
+    await toolset.aggregate(ctx, model="Order")  # 5 queued, a full batch: stored in the background
+
+    async def five() -> bool:
+        return await in_table() == 5
+
+    assert await soon(five) and store.pending == 0
     for _ in range(3):
         await toolset.aggregate(ctx, model="Order")
     assert store.pending == 3 and await in_table() == 5  # batched, not yet stored
@@ -355,8 +370,8 @@ async def test_sqlite_same_file_writes_audit_in_the_callers_transaction(empty_ba
     items.create(empty_backend.sync_engine)
     url = empty_backend.async_engine.url
     impatient = create_async_engine(url, connect_args={"timeout": 0.2}, poolclass=NullPool)
-    separate = SqlAuditStore(impatient, batch_size=1)
-    joined = SqlAuditStore(impatient, in_caller_transaction=True)
+    separate = SqlAuditStore(impatient, batch_size=1, in_caller_transaction=False)
+    joined = SqlAuditStore(impatient)  # the caller's database: its transaction, by default
     await separate.create_table()
     record = AuditRecord(tool_name="create", model="Item", tenant_id="acme")
     with empty_backend.session() as session:

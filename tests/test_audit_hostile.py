@@ -77,8 +77,7 @@ def make_store(kind: str, backend: Backend, tmp_path: Path) -> Any:
     if kind == "jsonl":
         return JsonlAuditStore(tmp_path / "audit.jsonl")
     engine = backend.sync_engine if kind == "sql-sync" else backend.async_engine
-    # SQLite: a second connection can't write while the call holds the file's write lock.
-    return SqlAuditStore(engine, table_name=f"audit_{uuid.uuid4().hex[:8]}", in_caller_transaction=backend.name == "sqlite")
+    return SqlAuditStore(engine, table_name=f"audit_{uuid.uuid4().hex[:8]}")  # defaults: writes in the caller's transaction
 
 
 def cli_store(store: Any, backend: Backend) -> list[str] | None:

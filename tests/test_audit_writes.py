@@ -31,7 +31,8 @@ async def make_store(kind: str, backend: Backend, tmp_path: Path) -> Any:
         store = SqlAuditStore(backend.async_engine, in_caller_transaction=True)
     elif backend.is_postgres:  # the same database through the store's own connections
         store = SqlAuditStore(
-            create_engine(backend.sync_engine.url, connect_args={"options": _search_path(backend)}, poolclass=NullPool)
+            create_engine(backend.sync_engine.url, connect_args={"options": _search_path(backend)}, poolclass=NullPool),
+            in_caller_transaction=False,
         )
     else:  # SQLite: a second connection can't write while the write holds the file, so another file
         store = SqlAuditStore(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}", poolclass=NullPool))
