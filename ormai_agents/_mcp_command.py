@@ -41,30 +41,14 @@ def mcp(
 ) -> None:
     """Serve the policy's tools to MCP clients: one principal over stdio, or streamable HTTP with
     a principal per bearer token (the --tokens file is for development)."""
-    from ormai_agents.cli import fail, load_models, parse_principal
+    from ormai_agents.cli import fail, load_models
     from ormai_agents.policy_file import load_policy
 
     if transport not in TRANSPORTS:
         raise fail(f"--transport is {' or '.join(TRANSPORTS)}")
     if layout not in ("generic", "per_model"):
         raise fail("--layout is generic or per_model")
-    who = None
-    token_map: dict[str, Any] = {}
-    if transport == "stdio":
-        if tokens is not None:
-            raise fail("--tokens is for --transport streamable-http; stdio serves the one --principal")
-        if principal is None:
-            raise fail("stdio serves one principal: give --principal '{\"tenant_id\": ...}'")
-        try:
-            who = parse_principal(principal)
-        except (ValueError, TypeError, OSError) as exc:
-            raise fail(f"--principal: {exc}") from None
-    else:
-        if principal is not None:
-            raise fail("--principal is for stdio; over streamable-http each token names its principal (--tokens)")
-        if tokens is None:
-            raise fail("streamable-http needs --tokens FILE (a JSON object: token -> principal)")
-        token_map = _load_tokens(tokens, parse_principal, fail)
+    who, token_map = _principals(transport, principal, tokens)
     try:
         pol = load_policy(policy)
     except Exception as exc:  # noqa: BLE001 - a missing file, bad YAML, a policy error: one line
@@ -103,6 +87,26 @@ def mcp(
     finally:
         if listener is not None:
             listener.close()
+
+
+def _principals(transport: str, principal: str | None, tokens: Path | None) -> tuple[Any, dict[str, Any]]:
+    """stdio: the one --principal; streamable-http: a principal per token of the --tokens file."""
+    from ormai_agents.cli import fail, parse_principal
+
+    if transport == "stdio":
+        if tokens is not None:
+            raise fail("--tokens is for --transport streamable-http; stdio serves the one --principal")
+        if principal is None:
+            raise fail("stdio serves one principal: give --principal '{\"tenant_id\": ...}'")
+        try:
+            return parse_principal(principal), {}
+        except (ValueError, TypeError, OSError) as exc:
+            raise fail(f"--principal: {exc}") from None
+    if principal is not None:
+        raise fail("--principal is for stdio; over streamable-http each token names its principal (--tokens)")
+    if tokens is None:
+        raise fail("streamable-http needs --tokens FILE (a JSON object: token -> principal)")
+    return None, _load_tokens(tokens, parse_principal, fail)
 
 
 async def _serve(run: Any, engine: Any, toolset: Any) -> None:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["app", "load_models", "main", "parse_principal"]
+if TYPE_CHECKING:  # at run time these come from __getattr__, so typer loads only when used
+    from ormai_agents.cli._app import app
+    from ormai_agents.cli._common import fail, load_models, parse_principal
+
+__all__ = ["app", "fail", "load_models", "main", "parse_principal"]
 
 # What the command imports at start-up; each comes with the `cli` extra.
 _NEEDS = ("typer", "rich", "yaml")

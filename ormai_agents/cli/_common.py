@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,7 +66,7 @@ PolicyOpt = Annotated[
     typer.Option("--policy", "-p", metavar="FILE", help="Policy file (.yaml, .yml or .json)."),
 ]
 ModelsOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--models",
         "-m",
@@ -75,7 +75,7 @@ ModelsOpt = Annotated[
     ),
 ]
 TablesOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--table",
         metavar="MODEL=TABLE",
@@ -83,7 +83,7 @@ TablesOpt = Annotated[
     ),
 ]
 SchemaOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--schema",
         metavar="NAME",
@@ -129,10 +129,13 @@ def parse_principal(text: str) -> Principal:
         text = Path(text[1:]).read_text(encoding="utf-8")
     data = json.loads(text)
     if not isinstance(data, dict):
-        raise ValueError('the principal is a JSON object: {"tenant_id": ..., "user_id": ..., "roles": [...], "metadata": {...}}')
+        raise ValueError(
+            'the principal is a JSON object: {"tenant_id": ..., "user_id": ..., "roles": [...], "metadata": {...}}'
+        )
     unknown = set(data) - {"tenant_id", "user_id", "roles", "metadata"}
     if unknown:
-        raise ValueError(f"unknown principal keys: {', '.join(sorted(unknown))} (use tenant_id, user_id, roles, metadata)")
+        names = ", ".join(sorted(unknown))
+        raise ValueError(f"unknown principal keys: {names} (use tenant_id, user_id, roles, metadata)")
     try:
         return Principal(**data)
     except TypeError as exc:
@@ -195,8 +198,9 @@ def open_engine(url: str, option: str = "--db") -> Engine:
     if parsed.drivername in _SYNC_TWINS:
         parsed = parsed.set(drivername=_SYNC_TWINS[parsed.drivername])
     backend = parsed.get_backend_name()
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        path = Path(parsed.database)
+    database = parsed.database
+    if backend == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database)
         if not path.is_file():
             where = "" if path.parent.is_dir() else f" (the directory {path.parent} does not exist)"
             raise CliError(f"{option}: no SQLite database at {path}{where}")
@@ -205,7 +209,8 @@ def open_engine(url: str, option: str = "--db") -> Engine:
     except ImportError as exc:
         extra = _EXTRAS.get(backend)
         hint = f': pip install -e ".[{extra}]"' if extra else ""
-        raise CliError(f"{option} {_safe(parsed)}: the database driver {exc.name or exc} is not installed{hint}") from None
+        driver = exc.name or exc
+        raise CliError(f"{option} {_safe(parsed)}: the database driver {driver} is not installed{hint}") from None
     except ArgumentError as exc:
         raise CliError(f"{option} {_safe(parsed)}: {exc}") from None
 

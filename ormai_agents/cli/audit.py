@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,12 +34,14 @@ def audit(
         int,
         typer.Option(min=1, max=100_000, help="Most records to show (newest first)."),
     ] = 50,
-    user: Annotated[Optional[str], typer.Option(help="Only this user's records.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's records.")] = None,
     tool: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Only this tool's records (query, get, create, ...)."),
     ] = None,
-    table_name: Annotated[str, typer.Option(metavar="NAME", help="Audit table name for sql: stores.")] = "ormai_audit_log",
+    table_name: Annotated[
+        str, typer.Option(metavar="NAME", help="Audit table name for sql: stores.")
+    ] = "ormai_audit_log",
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON lines.")] = False,
 ) -> None:
     """The audit records of a tenant, newest first."""
@@ -127,6 +129,35 @@ def audit_table(records: list[Any], title: str, show_tenant: bool = False) -> Ta
     return out
 
 
+def _as_typed(value: str | None) -> list[Any]:
+    """Ids typed on a command line are text; records may hold them as numbers."""
+    return [value] + ([int(value)] if value is not None and value.lstrip("-").isdigit() else [])
+
+
+def _open_store(kind: str, target: str, table_name: str) -> tuple[Any, Any]:
+    """The store a --store spec names, and the engine to dispose of afterwards (None for jsonl)."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ormai_agents.audit import JsonlAuditStore, SqlAuditStore
+
+    if kind == "jsonl":
+        if not Path(target).is_file():
+            raise CliError(f"--store: no audit file at {shown(target)}")
+        return JsonlAuditStore(target, max_bytes=None), None
+    engine = open_engine(target, "--store sql:")
+    try:
+        if not inspect(engine).has_table(table_name):
+            raise CliError(f"--store: the database has no audit table {shown(repr(table_name))}")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise CliError(f"--store: {database_error(exc, target)}") from None
+    except CliError:
+        engine.dispose()
+        raise
+    return SqlAuditStore(engine, table_name=table_name, batch_size=1), engine
+
+
 async def _read_audit(
     spec: str,
     tenant: str,
@@ -137,37 +168,14 @@ async def _read_audit(
 ) -> tuple[list[Any], int]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ormai_agents.audit import JsonlAuditStore, SqlAuditStore
-
     kind, sep, target = spec.partition(":")
     if not sep or not target or kind not in ("jsonl", "sql"):
         raise CliError("--store takes jsonl:PATH or sql:URL")
-    # Ids typed on a command line are text; records may hold them as numbers.
-    tenants: list[Any] = [tenant] + ([int(tenant)] if tenant.lstrip("-").isdigit() else [])
-    users: list[Any] = [user] + ([int(user)] if user is not None and user.lstrip("-").isdigit() else [])
-    engine = None
-    if kind == "jsonl":
-        if not Path(target).is_file():
-            raise CliError(f"--store: no audit file at {shown(target)}")
-        store: Any = JsonlAuditStore(target, max_bytes=None)
-    else:
-        from sqlalchemy import inspect
-
-        engine = open_engine(target, "--store sql:")
-        try:
-            if not inspect(engine).has_table(table_name):
-                raise CliError(f"--store: the database has no audit table {shown(repr(table_name))}")
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise CliError(f"--store: {database_error(exc, target)}") from None
-        except CliError:
-            engine.dispose()
-            raise
-        store = SqlAuditStore(engine, table_name=table_name, batch_size=1)
+    store, engine = _open_store(kind, target, table_name)
     try:
         skipped = 0
-        for t in tenants:
-            for u in users:
+        for t in _as_typed(tenant):
+            for u in _as_typed(user):
                 found = await store.query(tenant_id=t, user_id=u, tool_name=tool, limit=limit)
                 skipped = max(skipped, getattr(store, "skipped_lines", 0))
                 if found:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -27,7 +27,7 @@ _INTRO = (
 
 def demo(
     db: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             metavar="PATH",
             help="Keep the demo's SQLite database at this path (default: a temporary file).",
@@ -126,7 +126,9 @@ def _audit(records: list[Any]) -> Table:
         padding=(0, 1),
     )
     for name in ("user", "tool", "model", "outcome", "rows", "scope injected"):
-        table.add_column(name, justify="right" if name == "rows" else "left", no_wrap=name in ("outcome", "scope injected"))
+        table.add_column(
+            name, justify="right" if name == "rows" else "left", no_wrap=name in ("outcome", "scope injected")
+        )
     for r in records:
         scope = " AND ".join(r.scopes_injected) + (" (bypass)" if r.bypass_used else "")
         table.add_row(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -32,7 +32,7 @@ def lint(
     table: TablesOpt = None,
     db_schema: SchemaOpt = None,
     ignore: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(metavar="CODE", help="A finding code to ignore (repeatable)."),
     ] = None,
     as_json: JsonOpt = False,

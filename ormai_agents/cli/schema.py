@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -37,7 +37,7 @@ def schema(
     ],
     models: ModelsOpt = None,
     db: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             metavar="URL",
             help="Reflect the models from this database instead of --models.",
@@ -49,7 +49,6 @@ def schema(
     as_json: JsonOpt = False,
 ) -> None:
     """The tools and JSON schemas an agent would see, and the scope the principal gets."""
-    from ormai_agents._errors import OrmAIError
     from ormai_agents._toolspecs import build_tool_specs
     from ormai_agents.toolset import Toolset
 
@@ -63,17 +62,7 @@ def schema(
     except PolicyError as exc:
         raise CliError(f"{exc}{_valid_names(source, pol)}") from None
     specs = build_tool_specs(toolset, layout=layout)  # type: ignore[arg-type]
-    scopes: dict[str, Any] = {}
-    for name in toolset.model_names:
-        try:
-            where = toolset.plan(name).where(who)
-            scopes[name] = {
-                "scopes": where.scopes,
-                "policies": where.policies,
-                "bypass": where.bypass,
-            }
-        except OrmAIError as exc:
-            scopes[name] = {"denied": exc.message}
+    scopes = _scopes(toolset, who)
     if as_json:
         out = {
             "tools": [
@@ -88,6 +77,28 @@ def schema(
         }
         typer.echo(json.dumps(out, indent=2))
         return
+    _print(specs, scopes, layout, who)
+
+
+def _scopes(toolset: Any, who: Any) -> dict[str, Any]:
+    """Per model, what the principal's calls get: the injected scope, or why every call is denied."""
+    from ormai_agents._errors import OrmAIError
+
+    scopes: dict[str, Any] = {}
+    for name in toolset.model_names:
+        try:
+            where = toolset.plan(name).where(who)
+            scopes[name] = {
+                "scopes": where.scopes,
+                "policies": where.policies,
+                "bypass": where.bypass,
+            }
+        except OrmAIError as exc:
+            scopes[name] = {"denied": exc.message}
+    return scopes
+
+
+def _print(specs: Any, scopes: dict[str, Any], layout: str, who: Any) -> None:
     from rich.json import JSON
 
     con = console()
