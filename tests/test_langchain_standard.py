@@ -75,7 +75,7 @@ def example(tool: BaseTool) -> dict[str, Any]:
         data["status" if model == "Order" else "name"] = "changed"
         args["data"] = data
     if spec.method == "bulk_update":
-        args["filters"] = [{"field": "id", "op": "in", "value": None, "values": IDS["Order"][:2]}]
+        args["filters"] = [{"field": "id", "op": "in", "value": IDS["Order"][:2]}]
     return args
 
 

@@ -127,7 +127,9 @@ def forced_arguments(tool: Any, schema: dict[str, Any], ids: dict[str, Any]) -> 
         if name == "id":
             return ids[model]
         if name == "filters":
-            return [{"field": "id", "op": "eq", "value": ids[model], "values": None}]
+            return [{"field": "id", "op": "eq", "value": ids[model]}]
+        if node.get("type") == "array":
+            return []  # an optional list: [] means none
         if node.get("type") == "object":
             return {k: value(k, v) for k, v in node["properties"].items()}
         kind = node.get("type") or node["anyOf"][0]["type"]
@@ -252,27 +254,24 @@ def _find_filter(schema: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-# One filter per operator, written the way Gemini's converted schema makes a model write it:
-# every slot filled, values as text (the one type its converter keeps for a mixed value).
-GEMINI_FILTERS = {
-    "eq": ("status", "pending", []),
-    "ne": ("status", "pending", []),
-    "lt": ("total", "250", []),
-    "lte": ("total", "250", []),
-    "gt": ("quantity", "3", []),
-    "gte": ("quantity", "3", []),
-    "in": ("status", "", ["pending", "shipped"]),
-    "not_in": ("status", "", ["pending", "shipped"]),
-    "is_null": ("quantity", "true", []),
-    "contains": ("status", "ipp", []),
-    "startswith": ("status", "pen", []),
-    "endswith": ("status", "ed", []),
-    "between": ("total", "", ["100", "300.5"]),
+# One filter per operator, in the shapes Gemini's converted schema allows (its `value` keeps
+# every alternative: number, boolean, text, list), numbers sometimes as text.
+GEMINI_FILTERS: dict[str, tuple[str, Any]] = {
+    "eq": ("status", "pending"),
+    "ne": ("status", "pending"),
+    "lt": ("total", "250"),
+    "lte": ("total", 250),
+    "gt": ("quantity", 3),
+    "gte": ("quantity", "3"),
+    "in": ("status", ["pending", "shipped"]),
+    "not_in": ("status", ["pending", "shipped"]),
+    "is_null": ("quantity", True),
+    "contains": ("status", "ipp"),
+    "startswith": ("status", "pen"),
+    "endswith": ("status", "ed"),
+    "between": ("total", [100, "300.5"]),
 }
-NATIVE = {
-    "lt": 250, "lte": 250, "gt": 3, "gte": 3, "is_null": True, "in": ["pending", "shipped"],
-    "not_in": ["pending", "shipped"], "between": [100, 300.5],
-}  # fmt: skip
+NATIVE = {"lt": 250, "gte": 3, "between": [100, 300.5]}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -288,14 +287,16 @@ async def test_every_filter_operation_survives_gemini_conversion(db_path: Path, 
     assert item["properties"]["op"]["enum"] == list(FILTER_OPS)
     assert {"status", "total", "quantity"} <= set(item["properties"]["field"]["enum"])
     assert "email" not in item["properties"]["field"]["enum"]  # masked: not filterable
-    assert item["properties"]["values"]["type"] == "array"  # the typed slot for lists survives
+    kinds = {alt["type"] for alt in item["properties"]["value"]["any_of"]}
+    assert kinds == {"number", "boolean", "string", "array"}  # every shape of value survives
     toolset = _toolset()
     engine = create_engine(f"sqlite:///{db_path}")
-    for op, (field, value, values) in GEMINI_FILTERS.items():
-        args: dict[str, Any] = {"filters": [{"field": field, "op": op, "value": value, "values": values}], "select": ["id"]}
+    for op, (field, value) in GEMINI_FILTERS.items():
+        args: dict[str, Any] = {"filters": [{"field": field, "op": op, "value": value}], "select": ["id"]}
         if layout == "generic":
             args["model"] = "Order"
         strict_args = {**{k: None for k in query["properties"]}, **args}
+        strict_args = {k: [] if v is None and query["properties"][k].get("type") == "array" else v for k, v in strict_args.items()}
         jsonschema.validate(strict_args, query)  # what the Gemini-converted schema allows
         message = _invoke(tools[name], strict_args)
         assert message.status == "success", (op, message.content)
