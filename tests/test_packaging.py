@@ -134,3 +134,20 @@ def test_the_wheel_alone_imports_and_scopes_on_each_declared_python(version: str
                          capture_output=True, text=True, cwd=work, env=env, timeout=300, check=False)  # fmt: skip
     assert cli.returncode == 2 and cli.stdout == "" and "Traceback" not in cli.stderr
     assert cli.stderr.count("\n") == 1 and "'cli' extra" in cli.stderr and 'pip install -e ".[cli]"' in cli.stderr
+
+
+def test_metadata_and_extras_are_what_the_docs_say() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "MIT" and (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    extras = project["optional-dependencies"]
+    # `all` is both adapters and the command (what the demo needs), nothing more: see docs/install.md.
+    assert extras["all"] == ["ormai-agents[langchain,llamaindex,cli]"]
+    names = {extra: " ".join(deps) for extra, deps in extras.items()}
+    for extra, needed in {"cli": ("typer", "rich", "pyyaml"), "postgres": ("psycopg", "asyncpg"), "mysql": ("pymysql",),
+                          "examples": ("fastapi", "uvicorn", "httpx", "aiosqlite"), "notebooks": ("jupyterlab",),
+                          "docs": ("mkdocs-material", "mkdocstrings"), "mcp": ("mcp",)}.items():  # fmt: skip
+        assert all(n in names[extra] for n in needed), extra
+    install = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    assert all(f"| `{extra}` |" in install for extra in extras), "docs/install.md lists every extra"
