@@ -166,6 +166,9 @@ def _sessions(url: str, fail: Any) -> tuple[Any, Any]:
 
     try:
         parsed = make_url(url)
+        database = parsed.database or ""
+        if parsed.get_backend_name() == "sqlite" and (database in ("", ":memory:") or "mode=memory" in database):
+            raise fail("--db: an in-memory SQLite database starts empty in the server; use a file (sqlite:///app.db)")
         is_async = parsed.get_dialect().is_async
         engine: Any = create_async_engine(parsed) if is_async else create_engine(parsed)
     except (ArgumentError, ImportError, ValueError) as exc:

@@ -76,6 +76,8 @@ def test_policy_models_and_database_mistakes(base: list[str], tmp_path: Path) ->
         (["--models", "ormai_agents.demo"], "--models"),
         (["--db", "not a url"], "--db"),
         (["--db", "nosuchdialect://x"], "--db"),
+        (["--db", "sqlite://"], "an in-memory SQLite database starts empty"),
+        (["--db", "sqlite+aiosqlite:///:memory:"], "an in-memory SQLite database starts empty"),
         # A closed local port: the database does not answer.
         (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"], "can't connect to the database"),
     ]
