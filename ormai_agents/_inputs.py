@@ -8,7 +8,7 @@ never a value.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,24 +80,30 @@ def check_bounds(arguments: Mapping[str, Any], bounds: Bounds) -> dict[str, str]
             if budget < 0:
                 problems[name] = f"the arguments hold too many values (at most {bounds.values} in one call)"
                 return problems
-            if isinstance(item, (str, bytes, bytearray)):
-                if len(item) > bounds.string_length:
-                    problems[name] = f"argument {name} holds a text longer than {bounds.string_length} characters"
-                    break
-            elif isinstance(item, (Mapping, list, tuple, set, frozenset)):
-                if len(item) > bounds.list_length:
-                    problems[name] = f"argument {name} holds a list or object with more than {bounds.list_length} entries"
-                    break
-                if item and depth >= bounds.depth:
-                    problems[name] = f"argument {name} is nested more than {bounds.depth} levels deep"
-                    break
-                if isinstance(item, Mapping):
-                    for key, child in item.items():
-                        stack.append((key, depth + 1))
-                        stack.append((child, depth + 1))
-                else:
-                    stack.extend((child, depth + 1) for child in item)
+            problem = _out_of_bounds(item, depth, bounds)
+            if problem is not None:
+                problems[name] = f"argument {name} {problem}"
+                break
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    stack.append((key, depth + 1))
+                    stack.append((child, depth + 1))
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                stack.extend((child, depth + 1) for child in item)
     return problems
+
+
+def _out_of_bounds(item: Any, depth: int, bounds: Bounds) -> str | None:
+    """What is wrong with one value at `depth` (its children are checked on their own)."""
+    if isinstance(item, (str, bytes, bytearray)):
+        if len(item) > bounds.string_length:
+            return f"holds a text longer than {bounds.string_length} characters"
+    elif isinstance(item, (Mapping, list, tuple, set, frozenset)):
+        if len(item) > bounds.list_length:
+            return f"holds a list or object with more than {bounds.list_length} entries"
+        if item and depth >= bounds.depth:
+            return f"is nested more than {bounds.depth} levels deep"
+    return None
 
 
 def _names(names: list[str]) -> str:
@@ -174,7 +180,9 @@ def _coerce(info: FieldInfo, value: Any, position: int) -> Any:
 def _check_text(info: FieldInfo, value: str, position: int) -> None:
     # A longer value can't match the column, and a long LIKE pattern costs the database dearly.
     if len(value) > info.max_text:  # type: ignore[operator]
-        raise ValidationError(f"Filter {position} on {info.name!r}: text values are at most {info.max_text} characters")
+        raise ValidationError(
+            f"Filter {position} on {info.name!r}: text values are at most {info.max_text} characters"
+        )
 
 
 def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnElement[bool], Any]:
@@ -200,25 +208,39 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
         return operator.clause(info.column, value), value
     if not info.comparable:
         raise ValidationError(f"Filter {i}: {info.name!r} can only be filtered with is_null")
-    if shape == "list":
-        if not isinstance(value, list):
-            raise ValidationError(f"Filter {i}: {op} takes a list of values")
-        if len(value) > MAX_IN_VALUES:
-            raise ValidationError(f"Filter {i}: {op} takes at most {MAX_IN_VALUES} values")
-        value = [_coerce(info, v, i) for v in value]
-    elif shape == "pair":
-        if not isinstance(value, list) or len(value) != 2:
-            raise ValidationError(f"Filter {i}: {op} takes a list of two values [low, high]")
-        value = [_coerce(info, value[0], i), _coerce(info, value[1], i)]
-    elif shape == "text":
-        if info.pytype is not str:
-            raise ValidationError(f"Filter {i}: {op} applies to text fields only")
-        if not isinstance(value, str) or "\x00" in value:
-            raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
-        _check_text(info, value, i)
-    else:
-        value = _coerce(info, value, i)
+    value = _SHAPES.get(shape, _single)(info, op, value, i)
     return operator.clause(info.column, value), value
+
+
+def _single(info: FieldInfo, op: str, value: Any, i: int) -> Any:
+    return _coerce(info, value, i)
+
+
+def _list(info: FieldInfo, op: str, value: Any, i: int) -> Any:
+    if not isinstance(value, list):
+        raise ValidationError(f"Filter {i}: {op} takes a list of values")
+    if len(value) > MAX_IN_VALUES:
+        raise ValidationError(f"Filter {i}: {op} takes at most {MAX_IN_VALUES} values")
+    return [_coerce(info, v, i) for v in value]
+
+
+def _pair(info: FieldInfo, op: str, value: Any, i: int) -> Any:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValidationError(f"Filter {i}: {op} takes a list of two values [low, high]")
+    return [_coerce(info, value[0], i), _coerce(info, value[1], i)]
+
+
+def _text(info: FieldInfo, op: str, value: Any, i: int) -> Any:
+    if info.pytype is not str:
+        raise ValidationError(f"Filter {i}: {op} applies to text fields only")
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
+    _check_text(info, value, i)
+    return value
+
+
+# How each value shape of the operator table is validated and coerced ("flag" is handled inline).
+_SHAPES: dict[str, Callable[[FieldInfo, str, Any, int], Any]] = {"list": _list, "pair": _pair, "text": _text}
 
 
 def _str_list(value: Any, what: str) -> list[str]:
@@ -284,9 +306,8 @@ def parse_group_by(plan: ModelPlan, group_by: Any) -> list[FieldInfo]:
         return []
     out: list[FieldInfo] = []
     for name in _str_list(group_by, "group_by"):
-        info = comparable_field(
-            plan, name, f"group_by names a field that can't be grouped on {plan.name}. Fields you can group by: {{fields}}"
-        )
+        message = f"group_by names a field that can't be grouped on {plan.name}. Fields you can group by: {{fields}}"
+        info = comparable_field(plan, name, message)
         if info not in out:
             out.append(info)
     return out

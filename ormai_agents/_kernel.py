@@ -26,9 +26,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ormai_agents._context import AuditSink, Principal, RunContext
+from ormai_agents._db import DbHandle
 from ormai_agents._errors import AccessDeniedError, ApprovalRequiredError, OrmAIError, ValidationError
 from ormai_agents._memory_sqlite import check_session_factory
 from ormai_agents._sessions import SessionFactory, open_session
@@ -173,7 +174,7 @@ class ToolRunner:
             raise HostError(ASYNC_IN_SYNC)
         try:
             async with open_session(self.session_factory) as db:
-                if sync and isinstance(db, (AsyncSession, AsyncConnection)):
+                if sync and DbHandle(db).is_async:
                     raise HostError(ASYNC_IN_SYNC)
                 result = await work(RunContext(principal, db, on_audit=on_audit))
             return ToolReply(render(result))
@@ -193,11 +194,7 @@ class ToolRunner:
                 raise
             # The toolset validated the request and recorded it as pending: record the person's
             # decision and let the toolset run it (or refuse it), audited like any approved write.
-            db: Any = ctx.db
-            if isinstance(db, (AsyncSession, AsyncConnection)):
-                await db.rollback()
-            else:
-                db.rollback()
+            await DbHandle(ctx.db).rollback()
             store = self.toolset.approval_store
             decide = store.approve if decision.approve else store.reject
             await decide(pending.approval_id, decided_by=decision.decided_by, reason=decision.reason)

@@ -30,7 +30,7 @@ from ormai_agents._errors import AccessDeniedError, PolicyError
 from ormai_agents._paths import parse_principal_path
 from ormai_agents.policy import FieldAction, ModelPolicy, Policy, RowPolicy
 
-_DENIED_MESSAGE = (
+DENIED_MESSAGE = (
     "This call is not permitted for the current user: a value required by the access policy is "
     "missing from the user's identity. Ask the operator to check the user's tenant and roles."
 )
@@ -193,7 +193,7 @@ class ModelPlan:
             try:
                 restrict = rp.condition.compile(resolve)
             except MissingPrincipalValue:
-                raise AccessDeniedError(_DENIED_MESSAGE) from None
+                raise AccessDeniedError(DENIED_MESSAGE) from None
             clauses.append(restrict)
             write_clauses.append(restrict)
             applied.append(rp.policy.name)
@@ -204,7 +204,7 @@ def _scope_clause(column: Any, value: Any, coerce: Callable[[Any], Any]) -> tupl
     if isinstance(value, (tuple, list, set, frozenset)):
         values = list(value)
         if not values:
-            raise AccessDeniedError(_DENIED_MESSAGE)
+            raise AccessDeniedError(DENIED_MESSAGE)
         coerced = [_scope_value(coerce, v) for v in values]
         return exact_in(column, coerced), "IN (" + ", ".join(_show(v) for v in coerced) + ")"
     coerced_one = _scope_value(coerce, value)
@@ -213,13 +213,13 @@ def _scope_clause(column: Any, value: Any, coerce: Callable[[Any], Any]) -> tupl
 
 def _scope_value(coerce: Callable[[Any], Any], value: Any) -> Any:
     if value is None or value == "" or isinstance(value, (dict, bool)) or hasattr(value, "keys"):
-        raise AccessDeniedError(_DENIED_MESSAGE)
+        raise AccessDeniedError(DENIED_MESSAGE)
     try:
         out = coerce(value)
     except ValueError:
-        raise AccessDeniedError(_DENIED_MESSAGE) from None
+        raise AccessDeniedError(DENIED_MESSAGE) from None
     if out is None or out == "":
-        raise AccessDeniedError(_DENIED_MESSAGE)
+        raise AccessDeniedError(DENIED_MESSAGE)
     return out
 
 
@@ -285,8 +285,48 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
             raise PolicyError(f"{name}: {where} names {field_name!r}, which is not a mapped column of {name}")
         return columns[field_name]
 
-    for fname in mp.fields:
-        col(fname, "fields")
+    wp = mp.write_policy
+    for label, names in (
+        ("fields", list(mp.fields)),
+        ("scoping", list(mp.scoping)),
+        ("write_policy.auto_set", list(wp.auto_set)),
+        ("write_policy.auto_set_on_update", list(wp.auto_set_on_update)),
+        ("write_policy.immutable_fields", wp.immutable_fields),
+        ("write_policy.required_fields", wp.required_fields),
+    ):
+        for fname in names:
+            col(fname, label)
+    fields = _fields(mapper, columns, mp, policy)
+    pk_columns = list(mapper.primary_key)
+    attr_by_column = {columns[k]: k for k in columns}
+    pk = [fields.get(attr_by_column.get(c, "")) for c in pk_columns]
+    scoping = [
+        (fname, columns[fname], parse_principal_path(path), _types.coercer_for(columns[fname].type))
+        for fname, path in mp.scoping.items()
+    ]
+    restricts, permits, bypasses = _row_policies(name, mp, columns)
+    return ModelPlan(
+        name=name,
+        cls=cls,
+        mapper=mapper,
+        selectable=mapper.persist_selectable,
+        policy=mp,
+        columns=columns,
+        fields=fields,
+        pk=pk,
+        pk_columns=pk_columns,
+        pk_coercers=[_types.coercer_for(c.type) for c in pk_columns],
+        scoping=scoping,
+        restricts=restricts,
+        permits=permits,
+        bypasses=bypasses,
+        max_rows=mp.max_rows or policy.max_rows,
+        tiebreak=_tiebreak(mapper, fields, pk_columns),
+    )
+
+
+def _fields(mapper: Mapper[Any], columns: dict[str, Any], mp: ModelPolicy, policy: Policy) -> dict[str, FieldInfo]:
+    """The readable fields (Allow, Mask, Hash), in mapper order."""
     pk_names = {c.key for c in mapper.primary_key}
     fields: dict[str, FieldInfo] = {}
     for fname, column in columns.items():
@@ -306,18 +346,14 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
             primary_key=column.primary_key or column.key in pk_names,
             max_text=_max_text(column, pt, policy.max_filter_text_length),
         )
-    pk_columns = list(mapper.primary_key)
-    attr_by_column = {columns[k]: k for k in columns}
-    pk = [fields.get(attr_by_column.get(c, "")) for c in pk_columns]
+    return fields
 
-    scoping = []
-    for fname, path in mp.scoping.items():
-        column = col(fname, "scoping")
-        scoping.append((fname, column, parse_principal_path(path), _types.coercer_for(column.type)))
 
-    bindings = {
-        k: ColumnBinding(c, _types.coercer_for(c.type)) for k, c in columns.items()
-    }
+def _row_policies(
+    name: str, mp: ModelPolicy, columns: dict[str, Any]
+) -> tuple[list[CompiledRowPolicy], list[CompiledRowPolicy], list[CompiledRowPolicy]]:
+    """The model's row policies parsed and bound: (restricts, permits, bypasses)."""
+    bindings = {k: ColumnBinding(c, _types.coercer_for(c.type)) for k, c in columns.items()}
     restricts: list[CompiledRowPolicy] = []
     permits: list[CompiledRowPolicy] = []
     bypasses: list[CompiledRowPolicy] = []
@@ -342,35 +378,7 @@ def _build_plan(name: str, cls: type, mp: ModelPolicy, policy: Policy) -> ModelP
             permits.append(compiled)
         else:
             restricts.append(compiled)
-
-    wp = mp.write_policy
-    for label, names in (
-        ("write_policy.auto_set", wp.auto_set),
-        ("write_policy.auto_set_on_update", wp.auto_set_on_update),
-        ("write_policy.immutable_fields", wp.immutable_fields),
-        ("write_policy.required_fields", wp.required_fields),
-    ):
-        for fname in names:
-            col(fname, label)
-
-    return ModelPlan(
-        name=name,
-        cls=cls,
-        mapper=mapper,
-        selectable=mapper.persist_selectable,
-        policy=mp,
-        columns=columns,
-        fields=fields,
-        pk=pk,
-        pk_columns=pk_columns,
-        pk_coercers=[_types.coercer_for(c.type) for c in pk_columns],
-        scoping=scoping,
-        restricts=restricts,
-        permits=permits,
-        bypasses=bypasses,
-        max_rows=mp.max_rows or policy.max_rows,
-        tiebreak=_tiebreak(mapper, fields, pk_columns),
-    )
+    return restricts, permits, bypasses
 
 
 def _tiebreak(mapper: Mapper[Any], fields: dict[str, FieldInfo], pk_columns: list[Any]) -> list[FieldInfo] | None:
@@ -429,4 +437,4 @@ def _plain(plan: ModelPlan, name: str) -> bool:
     return info is not None and info.plain
 
 
-__all__ = ["FieldInfo", "ModelPlan", "RelationInfo", "Where", "build_plans"]
+__all__ = ["DENIED_MESSAGE", "FieldInfo", "ModelPlan", "RelationInfo", "Where", "build_plans"]

@@ -8,11 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
-
 from ormai_agents._context import DB
+from ormai_agents._db import DbHandle
 from ormai_agents._dberrors import map_db_errors
 
 log = logging.getLogger("ormai_agents")
@@ -31,14 +28,13 @@ async def open_session(factory: SessionFactory) -> AsyncIterator[DB]:
     db = factory()
     if inspect.isawaitable(db):
         db = await db
-    if not isinstance(db, (Session, AsyncSession, Connection, AsyncConnection)):
-        raise TypeError("session_factory must return a SQLAlchemy Session or AsyncSession")
-    is_async = isinstance(db, (AsyncSession, AsyncConnection))
+    try:
+        handle = DbHandle(db)
+    except TypeError:
+        raise TypeError("session_factory must return a SQLAlchemy Session or AsyncSession") from None
 
     async def finish(method: str) -> None:
-        result = getattr(db, method)()
-        if is_async:
-            await result
+        await getattr(handle, method)()
 
     try:
         yield db

@@ -54,7 +54,7 @@ from ormai_agents._operations import (
 from ormai_agents._plan import FieldInfo, ModelPlan
 from ormai_agents._results import QueryResult
 from ormai_agents._types import json_schema_for
-from ormai_agents._writes import WritePlan
+from ormai_agents._write_plan import WritePlan
 from ormai_agents.policy import WriteAction
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ def build_tool_specs(toolset: Toolset, *, layout: Layout = "generic", prefix: st
         else:
             specs += [read_spec(method, [plan], plan.name) for plan in targets]
     for plan in plans:
-        wplan = toolset._write_plans[plan.name]
+        wplan = toolset.write_plan(plan.name)
         for operation in WRITE_OPERATIONS:
             action = wplan.operations.get(operation)
             if action is None:

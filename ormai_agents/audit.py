@@ -68,6 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
+from ormai_agents._db import DbHandle
 from ormai_agents._storable import MAX_TEXT, clean, clean_text, escape_line
 
 __all__ = [
@@ -1209,13 +1210,7 @@ class SqlAuditStore:
             row = self._row(record)
         except (ValueError, TypeError, RecursionError, AttributeError):
             row = self._row(storable_record(record))
-        stmt = insert(self.table).values(row)
-        if isinstance(db, (AsyncSession, AsyncConnection)):
-            await db.execute(stmt)
-        elif isinstance(db, (Session, Connection)):
-            db.execute(stmt)
-        else:
-            raise TypeError("db must be a SQLAlchemy Session, AsyncSession, Connection or AsyncConnection")
+        await DbHandle(db).execute(insert(self.table).values(row), action="store the audit record")
 
     async def flush(self) -> None:
         """Store every queued record now; raises (and keeps them queued) on failure."""

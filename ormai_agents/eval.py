@@ -33,14 +33,16 @@ from typing import Any, Literal
 
 from sqlalchemy import and_, select, tuple_
 
+from ormai_agents._call import DENIED_CODES
 from ormai_agents._context import Principal, RunContext
+from ormai_agents._db import DbHandle
 from ormai_agents._errors import OrmAIError
 from ormai_agents._paths import parse_principal_path
 from ormai_agents._plan import ModelPlan
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
 from ormai_agents._storable import clean, escape_line
 from ormai_agents.policy import FieldAction, Policy
-from ormai_agents.toolset import _DENIED_CODES, Toolset, _execute
+from ormai_agents.toolset import Toolset
 
 log = logging.getLogger("ormai_agents")
 
@@ -77,7 +79,7 @@ def outcome_of(error: BaseException | None) -> Outcome:
     """How the audit log classifies a call that raised `error` (None: success)."""
     if error is None:
         return "success"
-    if isinstance(error, OrmAIError) and error.code in _DENIED_CODES:
+    if isinstance(error, OrmAIError) and error.code in DENIED_CODES:
         return "denied"
     return "error"
 
@@ -474,7 +476,7 @@ class NoCrossTenantData(Invariant):
                 part = keys[i : i + 500]
                 cond = pk_cols[0].in_([k[0] for k in part]) if len(pk_cols) == 1 else tuple_(*pk_cols).in_(part)
                 stmt = select(*pk_cols, *columns).select_from(plan.selectable).where(cond)
-                for db_row in await _execute(obs.ctx.db, stmt):
+                for db_row in await DbHandle(obs.ctx.db).fetch(stmt):
                     found[tuple(db_row[: len(pk_cols)])] = db_row[len(pk_cols) :]
             for key in keys:
                 db_values = found.get(key)
@@ -501,7 +503,7 @@ class NoCrossTenantData(Invariant):
                 out.append(Violation(self.name, f"a returned {model} row can't be checked: it carries no key or plain value"))
                 continue
             stmt = select(*columns).select_from(plan.selectable).where(and_(*conds)).limit(1000)
-            candidates = await _execute(obs.ctx.db, stmt)
+            candidates = await DbHandle(obs.ctx.db).fetch(stmt)
             if not candidates:
                 out.append(Violation(self.name, f"a returned {model} row matches no row in the database"))
             elif all(foreign(c) for c in candidates):

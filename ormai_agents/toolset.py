@@ -1,65 +1,26 @@
-"""`Toolset`: the framework-neutral tools. Every call: validate → policy → one statement → rows → audit."""
+"""`Toolset`: the framework-neutral tools. Every call: validate → policy → one statement → rows → audit.
+
+`Toolset` is a thin façade. Building it compiles the policy into a `Runtime`
+(`ormai_agents._runtime`); each tool method opens a `Call` (`ormai_agents._call`: argument bounds,
+deadline, audit record) and hands it to the read path (`ormai_agents._reads`) or the write path
+(`ormai_agents._writes`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import inspect
-import logging
-import os
-import time
-from collections.abc import Callable, Sequence
-from contextvars import ContextVar
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, tuple_
-from sqlalchemy import select as sql_select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
-
-from ormai_agents import _budget, _inputs, _writes
-from ormai_agents import rls as _rls
-from ormai_agents._budget import Interruptible
-from ormai_agents._context import Principal, RunContext
-from ormai_agents._cursor import CursorCodec, derive_key
-from ormai_agents._dberrors import map_db_errors, retrying
-from ormai_agents._dialects import capabilities, nulls_last
-from ormai_agents._errors import (
-    AuditUnavailableError,
-    DatabaseError,
-    InvalidCursorError,
-    ModelNotAllowedError,
-    OrmAIError,
-    PolicyError,
-    RecordNotFoundError,
-    TransientDatabaseError,
-    ValidationError,
-)
-from ormai_agents._operations import AGGREGATE_FUNCTIONS, READ_OPERATIONS
-from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo, Where, build_plans
-from ormai_agents._redact import redact_inputs, redact_snapshot
-from ormai_agents._results import (
-    AggregateResult,
-    GetResult,
-    QueryResult,
-    SchemaResult,
-    WriteResult,
-)
-from ormai_agents._storable import clean, clean_text
-from ormai_agents._types import is_numeric, json_schema_for
-from ormai_agents.approvals import ApprovalGate, ApprovalStore, MemoryApprovalStore
-from ormai_agents.audit import AuditRecord, AuditStore, deliver
-from ormai_agents.policy import FieldAction, Policy
-
-log = logging.getLogger("ormai_agents")
-
-_DENIED_CODES = {
-    "access_denied", "model_not_allowed", "field_not_allowed", "write_not_allowed",
-    "approval_required", "approval_invalid",
-}  # fmt: skip
-_READ_TOOLS = frozenset(READ_OPERATIONS)
-_READ_RETRIES = 3  # attempts after the first failure
-_OUT_OF_BOUNDS = "[not recorded: beyond the argument bounds]"
+from ormai_agents import _reads, _writes
+from ormai_agents._call import Call
+from ormai_agents._context import RunContext
+from ormai_agents._errors import OrmAIError, ValidationError
+from ormai_agents._plan import ModelPlan
+from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
+from ormai_agents._runtime import Runtime
+from ormai_agents._write_plan import WritePlan
+from ormai_agents.approvals import ApprovalStore
+from ormai_agents.audit import AuditStore
+from ormai_agents.policy import Policy
 
 
 class Toolset:
@@ -95,54 +56,49 @@ class Toolset:
     ) -> None:
         if not isinstance(policy, Policy):
             raise TypeError("policy must be an ormai_agents.policy.Policy")
+        self._runtime = Runtime(
+            models,
+            policy,
+            audit_store=audit_store,
+            secret_key=secret_key,
+            cursor_ttl_seconds=cursor_ttl_seconds,
+            rls=rls,
+            approval_store=approval_store,
+        )
         self.policy = policy
         self.audit_store = audit_store
-        self._plans = build_plans(models, policy)
-        self._write_plans = _writes.build_write_plans(self._plans, build_plans(models, policy, hidden=True))
-        # Without a store, approvals live in this process's memory (see ormai_agents.approvals).
-        self.approval_store: ApprovalStore = approval_store if approval_store is not None else MemoryApprovalStore()
-        if secret_key is None:
-            secret = os.urandom(32)
-        else:
-            secret = secret_key.encode() if isinstance(secret_key, str) else bytes(secret_key)
-            if len(secret) < 16:
-                raise ValueError("secret_key must be at least 16 bytes")
-        self._cursors = CursorCodec(secret, cursor_ttl_seconds)
-        self._hash_key = derive_key(secret, "hash-field")
-        self._principal_ids: dict[Principal, str] = {}
-        self._redact_keys = tuple(policy.redact_keys)
-        self._bounds = _inputs.Bounds.of(policy)
-        self._approvals = ApprovalGate(self.approval_store, derive_key(secret, "approval"))
-        self._row_shapers: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], dict[str, Any]]] = {}
-        if not isinstance(rls, bool):
-            raise TypeError("rls must be True or False")
-        self._rls_paths = _rls.settings_paths(self._plans) if rls else None
+        self.approval_store: ApprovalStore = self._runtime.approval_store
 
     # --- introspection ---------------------------------------------------------------------
 
     @property
     def model_names(self) -> list[str]:
         """The models agents may use."""
-        return list(self._plans)
+        return list(self._runtime.plans)
 
     def plan(self, model: Any) -> ModelPlan:
         """The compiled plan of a model the agent may use; ModelNotAllowedError otherwise."""
-        plan = self._plans.get(model) if isinstance(model, str) else None
-        if plan is None:
-            raise ModelNotAllowedError(
-                f"That model is not available. Models you can use: {', '.join(self._plans) or '(none)'}",
-                details={"allowed_models": list(self._plans)},
-            )
-        return plan
+        return self._runtime.plan(model)
 
-    # --- tools -----------------------------------------------------------------------------
+    def write_plan(self, model: Any) -> WritePlan:
+        """The compiled write plan of a model the agent may use (which writes exist, which fields
+        each may send, which are required); ModelNotAllowedError otherwise."""
+        return self._runtime.write_plans[self._runtime.plan(model).name]
+
+    def describe(self, model: Any) -> dict[str, Any]:
+        """One model as `describe_schema` shows it (no audit record: nothing ran)."""
+        return _reads.describe_model(self._runtime, self._runtime.plan(model))
+
+    def redact(self, plan: ModelPlan | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs as they may be logged (see `ormai_agents._redact.redact_inputs`)."""
+        return self._runtime.redact(plan, inputs)
+
+    # --- reads (ormai_agents._reads) --------------------------------------------------------
 
     async def describe_schema(self, ctx: RunContext) -> SchemaResult:
         """The models, fields, relationships and writes the agent may use."""
-        async with _Call(self, ctx, "describe_schema", None, {}) as call:
-            models = {name: self._describe(plan) for name, plan in self._plans.items()}
-            call.row_count = len(models)
-            return SchemaResult(models)
+        async with Call(self._runtime, ctx, "describe_schema", None, {}) as call:
+            return await _reads.describe_schema(call)
 
     async def query(
         self,
@@ -158,92 +114,13 @@ class Toolset:
         """Rows of `model` in the principal's scope matching `filters`, one page at a time."""
         inputs = {"filters": filters, "select": select, "order_by": order_by, "limit": limit,
                   "cursor": cursor, "include": include}  # fmt: skip
-        async with _Call(self, ctx, "query", model, inputs) as call:
-            plan = call.plan = self.plan(model)
-            where = call.where = plan.where(ctx.principal)
-            conditions, canon = _inputs.parse_filters(plan, filters)
-            names = _inputs.parse_select(plan, select)
-            order = _inputs.parse_order(plan, order_by)
-            size = _inputs.parse_limit(plan, limit)
-            tree = _inputs.parse_include(self._plans, plan, include, self.policy.max_include_depth)
-
-            keys = [_SortKey(info.column, desc, info.nullable, info.coerce) for info, desc in order]
-            # Ties are broken by readable fields only: the order must reveal nothing of a hidden
-            # primary key. Without a readable unique key there is no stable page boundary, so
-            # the query is one page (`truncated` says when rows were left out).
-            ordered = {info.name for info, _ in order}
-            keys += [_SortKey(f.column, False, f.nullable, f.coerce) for f in plan.order_fields if f.name not in ordered]
-            pageable = plan.tiebreak is not None
-            order_key = [(info.name, desc) for info, desc in order]
-            if cursor is not None:
-                if not pageable:
-                    raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.")
-                after = self._cursors.open(cursor, self._binding(ctx, plan, canon, order_key))
-                if len(after) != len(keys):
-                    raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.")
-                try:
-                    after = [None if v is None else k.coerce(v) for k, v in zip(keys, after)]
-                except ValueError:
-                    raise InvalidCursorError("The cursor does not match this query. Repeat the query without a cursor.") from None
-                conditions.append(_keyset_after(keys, after))
-
-            # Rows are read by position: no labels, so the statement stays as lean as hand-written
-            # Core. A sort key that is also selected is read from its selected position.
-            columns = [plan.fields[n].column for n in names]
-            key_at = []
-            for k in keys:
-                try:
-                    key_at.append(columns.index(k.column))
-                except ValueError:
-                    key_at.append(len(columns))
-                    columns.append(k.column)
-            rel_at = len(columns)
-            columns += _relation_key_columns(tree)
-            stmt = (
-                plan.select(columns)
-                .where(*where.clauses, *conditions)
-                .order_by(*(_order_clause(k) for k in keys))
-                .limit(size + 1)
-            )
-            rows = await self._fetch(ctx, stmt)
-            more = len(rows) > size
-            rows = rows[:size]
-            shape = self._shaper(plan, names)
-            out = [shape(row) for row in rows]
-            if tree:
-                await self._attach(ctx, plan, tree, rows, out, rel_at)
-            next_cursor = None
-            if more and rows and pageable:
-                last = rows[-1]
-                next_cursor = self._cursors.seal(
-                    self._binding(ctx, plan, canon, order_key), [_jsonable(last[i]) for i in key_at]
-                )
-            call.row_count = len(out)
-            return QueryResult(out, next_cursor, truncated=more and not pageable)
+        async with Call(self._runtime, ctx, "query", model, inputs) as call:
+            return await _reads.query(call, filters, select, order_by, limit, cursor, include)
 
     async def get(self, ctx: RunContext, model: str, id: Any, select: Any = None, include: Any = None) -> GetResult:
         """One row by primary key. Missing and out-of-scope rows raise the same RecordNotFoundError."""
-        async with _Call(self, ctx, "get", model, {"id": id, "select": select, "include": include}) as call:
-            plan = call.plan = self.plan(model)
-            where = call.where = plan.where(ctx.principal)
-            key = _inputs.parse_id(plan, id)
-            names = _inputs.parse_select(plan, select)
-            tree = _inputs.parse_include(self._plans, plan, include, self.policy.max_include_depth)
-            columns = [plan.fields[n].column for n in names] + _relation_key_columns(tree)
-            stmt = (
-                plan.select(columns)
-                .where(*where.clauses, *(c == v for c, v in zip(plan.pk_columns, key)))
-            )
-            rows = await self._fetch(ctx, stmt)
-            if not rows:
-                raise RecordNotFoundError(
-                    f"No {plan.name} with that id is visible to you. Use query to find the records you can see."
-                )
-            out = [self._shaper(plan, names)(rows[0])]
-            if tree:
-                await self._attach(ctx, plan, tree, rows, out, len(names))
-            call.row_count = 1
-            return GetResult(out[0])
+        async with Call(self._runtime, ctx, "get", model, {"id": id, "select": select, "include": include}) as call:
+            return await _reads.get(call, id, select, include)
 
     async def aggregate(
         self,
@@ -256,60 +133,37 @@ class Toolset:
     ) -> AggregateResult:
         """count/sum/avg/min/max over the principal's rows; grouped when `group_by` is given."""
         inputs = {"function": function, "field": field, "filters": filters, "group_by": group_by}
-        async with _Call(self, ctx, "aggregate", model, inputs) as call:
-            plan = call.plan = self.plan(model)
-            where = call.where = plan.where(ctx.principal)
-            conditions, _ = _inputs.parse_filters(plan, filters)
-            expr = _aggregate_expr(plan, function, field)
-            groups = _inputs.parse_group_by(plan, group_by)
-            if not groups:
-                stmt = sql_select(expr).select_from(plan.selectable).where(*where.clauses, *conditions)
-                rows = await self._fetch(ctx, stmt)
-                call.row_count = 1
-                return AggregateResult(value=rows[0][0])
-            group_cols = [g.column for g in groups]
-            stmt = (
-                sql_select(*(g.column.label(g.name) for g in groups), expr.label("value"))
-                .select_from(plan.selectable)
-                .where(*where.clauses, *conditions)
-                .group_by(*group_cols)
-                .order_by(*group_cols)
-                .limit(plan.max_rows + 1)
-            )
-            rows = await self._fetch(ctx, stmt)
-            names = [g.name for g in groups] + ["value"]
-            out = [dict(zip(names, row)) for row in rows[: plan.max_rows]]
-            call.row_count = len(out)
-            return AggregateResult(groups=out, truncated=len(rows) > plan.max_rows)
+        async with Call(self._runtime, ctx, "aggregate", model, inputs) as call:
+            return await _reads.aggregate(call, function, field, filters, group_by)
 
-    # --- writes (ormai_agents._writes; "Transactions and writes" in the README) -------------
+    # --- writes (ormai_agents._writes; docs/transactions.md) --------------------------------
 
     async def create(self, ctx: RunContext, model: str, data: Any) -> WriteResult:
         """Insert one row. Server-set fields (auto_set) are filled in; the new row must lie in the
         principal's scope and row policies, or nothing is written."""
-        async with _Call(self, ctx, "create", model, {"data": data}) as call:
-            return await _writes.perform(self, call, {"data": data})
+        async with Call(self._runtime, ctx, "create", model, {"data": data}) as call:
+            return await _writes.perform(call, {"data": data})
 
     async def update(self, ctx: RunContext, model: str, id: Any, data: Any) -> WriteResult:
         """Change one row by primary key. Missing and out-of-scope rows raise the same RecordNotFoundError."""
-        async with _Call(self, ctx, "update", model, {"id": id, "data": data}) as call:
-            return await _writes.perform(self, call, {"id": id, "data": data})
+        async with Call(self._runtime, ctx, "update", model, {"id": id, "data": data}) as call:
+            return await _writes.perform(call, {"id": id, "data": data})
 
     async def delete(self, ctx: RunContext, model: str, id: Any) -> WriteResult:
         """Delete one row by primary key; `.data` is the row as it was."""
-        async with _Call(self, ctx, "delete", model, {"id": id}) as call:
-            return await _writes.perform(self, call, {"id": id})
+        async with Call(self._runtime, ctx, "delete", model, {"id": id}) as call:
+            return await _writes.perform(call, {"id": id})
 
     async def bulk_update(self, ctx: RunContext, model: str, filters: Any, data: Any) -> WriteResult:
         """Apply `data` to every in-scope row matching `filters`, if they are at most the policy's
         max_affected_rows (otherwise nothing is written). `.data` is {"updated_count": n}."""
-        async with _Call(self, ctx, "bulk_update", model, {"filters": filters, "data": data}) as call:
-            return await _writes.perform(self, call, {"filters": filters, "data": data})
+        async with Call(self._runtime, ctx, "bulk_update", model, {"filters": filters, "data": data}) as call:
+            return await _writes.perform(call, {"filters": filters, "data": data})
 
     async def execute_approved(self, ctx: RunContext, approval_id: str) -> WriteResult:
         """Run an approved write (see `ormai_agents.approvals`) for the principal that requested it."""
-        async with _Call(self, ctx, "execute_approved", None, {"approval_id": approval_id}) as call:
-            return await _writes.execute_approved(self, call, approval_id)
+        async with Call(self._runtime, ctx, "execute_approved", None, {"approval_id": approval_id}) as call:
+            return await _writes.execute_approved(call, approval_id)
 
     async def refuse(
         self, ctx: RunContext, tool: str, error: OrmAIError, *, model: Any = None, inputs: dict[str, Any] | None = None
@@ -317,11 +171,10 @@ class Toolset:
         """Audit a call refused before it reached a tool method (say, an argument the tool does
         not take), then raise `error`. Framework adapters use it, so malformed calls are audited
         like every other call."""
-        async with _Call(self, ctx, tool, model, dict(inputs or {})) as call:
-            if isinstance(model, str) and model in self._plans:
-                call.plan = self._plans[model]  # redact the inputs by the model's field policy
+        async with Call(self._runtime, ctx, tool, model, dict(inputs or {})) as call:
+            if isinstance(model, str) and model in self._runtime.plans:
+                call.plan = self._runtime.plans[model]  # redact the inputs by the model's field policy
             raise error
-        raise error  # not reached: the call re-raises (mypy can't tell from __aexit__'s bool)
 
     async def write_target_exists(self, ctx: RunContext, model: str, operation: str, arguments: dict[str, Any]) -> bool:
         """Whether the record an update or delete names (for bulk_update: a record its filters
@@ -330,9 +183,8 @@ class Toolset:
         For approval flows: nobody should be asked to approve a write that can't happen. Not
         audited (nothing ran); the write itself, when called, is checked and audited as usual.
         """
-        if operation not in _writes.OPERATIONS:
-            raise ValidationError(f"operation must be one of: {', '.join(_writes.OPERATIONS)}")
-        return await _writes.target_exists(self, ctx, model, operation, arguments)
+        _check_operation(operation)
+        return await _writes.target_exists(self._runtime, ctx, model, operation, arguments)
 
     def check_write(self, model: str, operation: str, arguments: dict[str, Any]) -> None:
         """Raise the OrmAIError a write would raise on its arguments alone, without a database.
@@ -340,9 +192,8 @@ class Toolset:
         For approval flows: a request that can't run should not be put to a person. It is not
         audited (nothing ran); the write itself, when called, is checked and audited as usual.
         """
-        if operation not in _writes.OPERATIONS:
-            raise ValidationError(f"operation must be one of: {', '.join(_writes.OPERATIONS)}")
-        _writes.precheck(self, model, operation, arguments)
+        _check_operation(operation)
+        _writes.precheck(self._runtime, model, operation, arguments)
 
     def writable_fields(self, model: str, operation: str) -> list[str]:
         """The fields an agent may send in `data` for `operation` (create, update or bulk_update)."""
@@ -351,457 +202,12 @@ class Toolset:
             raise ValueError("operation must be create, update or bulk_update")
         if getattr(plan.policy.write_policy, operation).value == "deny":
             return []
-        return list(self._write_plans[plan.name].writable(operation))
-
-    # --- internals -------------------------------------------------------------------------
-
-    async def _fetch(self, ctx: RunContext, stmt: Any) -> list[Any]:
-        """Run a read statement.
-
-        A transient failure is retried (with tenacity) only when the call opened the
-        transaction itself: rolling back to retry must never discard the host's own work.
-        """
-        db = ctx.db
-        call = _ACTIVE_CALL.get()
-        if call is not None and call.ctx is not ctx:
-            call = None
-        deadline = call.deadline if call is not None else None
-        if call is not None and call.opened is not None:
-            fresh = call.opened  # the call's row-level security settings began the transaction
-        else:
-            fresh = not db.in_transaction()
-        try:
-            return await _execute(db, stmt, deadline)
-        except TransientDatabaseError:
-            if not fresh:
-                raise
-        except DatabaseError:
-            # A failed statement aborts a PostgreSQL transaction; when this call opened it, roll
-            # it back so the host's session stays usable for the next call.
-            if fresh:
-                await _rollback(db)
-            raise
-        async for attempt in retrying(_READ_RETRIES):
-            with attempt:
-                await _rollback(db)
-                if self._rls_paths is not None:
-                    await self._set_rls(ctx)  # the rollback discarded them
-                return await _execute(db, stmt, deadline)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _set_rls(self, ctx: RunContext) -> None:
-        """Set the principal's row-level security settings in the current transaction."""
-        if not capabilities(_dialect_of(ctx.db)).row_level_security:
-            raise PolicyError(
-                "This toolset enforces row-level security (rls=True), which needs PostgreSQL; the "
-                "database it is connected to has no row-level security. The operator must connect it "
-                "to PostgreSQL or build the toolset with rls=False."
-            )
-        assert self._rls_paths is not None
-        await _execute(ctx.db, _rls.settings_statement(_rls.principal_settings(ctx.principal, self._rls_paths)))
-
-    def _binding(self, ctx: RunContext, plan: ModelPlan, filters: list[Any], order: list[Any]) -> str:
-        """What a cursor is bound to: the principal, the model, the filters and the order."""
-        who = self._principal_ids.get(ctx.principal)
-        if who is None:
-            who = hashlib.sha256(_inputs.canonical(ctx.principal.to_dict()).encode()).hexdigest()
-            if len(self._principal_ids) > 4096:
-                self._principal_ids.clear()
-            self._principal_ids[ctx.principal] = who
-        return who + _inputs.canonical([plan.name, filters, order])
-
-    def _shaper(self, plan: ModelPlan, names: list[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
-        """A function turning a result row into the agent's dict, masking and hashing as needed."""
-        key = (plan.name, tuple(names))
-        shaper = self._row_shapers.get(key)
-        if shaper is not None:
-            return shaper
-        transforms = [
-            (i, _mask(plan.fields[n].mask_show_last) if plan.fields[n].action is FieldAction.Mask else self._hmac)
-            for i, n in enumerate(names)
-            if plan.fields[n].action in (FieldAction.Mask, FieldAction.Hash)
-        ]
-        width = len(names)
-        if not transforms:
-            def shaper(row: Sequence[Any]) -> dict[str, Any]:
-                return dict(zip(names, row))  # zip stops at the names: hidden key columns stay out
-        else:
-            def shaper(row: Sequence[Any]) -> dict[str, Any]:
-                values = list(row[:width])
-                for i, fn in transforms:
-                    values[i] = fn(values[i])
-                return dict(zip(names, values))
-        if len(self._row_shapers) > 4096:
-            self._row_shapers.clear()
-        self._row_shapers[key] = shaper
-        return shaper
-
-    def _hmac(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        return hmac.new(self._hash_key, str(value).encode(), hashlib.sha256).hexdigest()[:32]
-
-    async def _attach(
-        self,
-        ctx: RunContext,
-        plan: ModelPlan,
-        tree: dict[str, tuple[RelationInfo, dict[str, Any]]],
-        rows: list[Any],
-        out: list[dict[str, Any]],
-        offset: int,
-    ) -> list[int]:
-        """Fill included relationships into `out`, one statement per relationship and level.
-
-        The related model's own policy applies: its scoping, row policies and field actions.
-        Returns how many related rows each item of `out` now carries, at every level. The whole
-        result may carry at most `max_include_rows` of them (a row included under several parents
-        counts each time, as the agent receives it): beyond that the call fails, since a cut list
-        would mislead the agent.
-        """
-        limit = self.policy.max_include_rows
-        weights = [0] * len(out)
-        for rel_name, (rel, subtree) in tree.items():
-            width = len(rel.pairs)
-            parent_keys = [tuple(row[offset + i] for i in range(width)) for row in rows]
-            offset += width
-            target = self._plans[rel.target]
-            twhere = target.where(ctx.principal)
-            names = list(target.fields)
-            remote = [target.columns[r] for _, r in rel.pairs]
-            keys = {k for k in parent_keys if None not in k}
-            found: dict[tuple[Any, ...], list[tuple[dict[str, Any], int]]] = {}
-            if keys:
-                cols = [target.fields[n].column.label(n) for n in names]
-                cols += [c.label(f"_r{i}") for i, c in enumerate(remote)]
-                cols += _relation_key_columns(subtree)
-                match = remote[0].in_([k[0] for k in keys]) if width == 1 else tuple_(*remote).in_(list(keys))
-                stmt: Any = sql_select(*cols).select_from(target.selectable).where(*twhere.clauses, match)
-                if rel.many:
-                    ranked = stmt.add_columns(
-                        func.row_number().over(
-                            partition_by=remote, order_by=[_order_clause(_SortKey(f.column, False, f.nullable, f.coerce))
-                                                           for f in target.order_fields] or None,
-                        ).label("_rn")
-                    ).subquery()
-                    stmt = sql_select(*(c for c in ranked.c if c.key != "_rn")).where(ranked.c._rn <= target.max_rows)
-                # Every row fetched is returned at least once: more than the limit can't fit.
-                related = await self._fetch(ctx, stmt.limit(limit + 1))
-                if len(related) > limit:
-                    raise _too_many_included(limit)
-                shape = self._shaper(target, names)
-                shaped = [shape(r) for r in related]
-                sub = await self._attach(ctx, target, subtree, related, shaped, len(names) + width) if subtree else None
-                for j, (r, item) in enumerate(zip(related, shaped)):
-                    key = tuple(r[len(names) + i] for i in range(width))
-                    found.setdefault(key, []).append((item, sub[j] if sub else 0))
-            for i, (item, key) in enumerate(zip(out, parent_keys)):
-                matches = found.get(key, [])
-                if not rel.many:
-                    matches = matches[:1]
-                weights[i] += sum(1 + w for _, w in matches)
-                item[rel_name] = [m for m, _ in matches] if rel.many else (matches[0][0] if matches else None)
-            if sum(weights) > limit:
-                raise _too_many_included(limit)
-        return weights
-
-    def _describe(self, plan: ModelPlan) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
-        for name, info in plan.fields.items():
-            entry: dict[str, Any] = {
-                **json_schema_for(info.pytype, info.column.type),
-                "nullable": info.nullable,
-            }
-            if info.primary_key:
-                entry["primary_key"] = True
-            if info.action is not FieldAction.Allow:
-                entry["returned_as"] = "masked" if info.action is FieldAction.Mask else "hashed"
-            else:
-                entry["filterable"] = True
-                entry["sortable"] = info.comparable
-            fields[name] = entry
-        # The write tools that exist for this model: the same table the tool builder reads.
-        writes = {op: action.value for op, action in self._write_plans[plan.name].operations.items()}
-        out: dict[str, Any] = {"fields": fields, "max_rows": plan.max_rows}
-        if plan.policy.description:
-            out["description"] = plan.policy.description
-        if plan.relations:
-            out["relationships"] = {
-                n: {"model": r.target, "many": r.many} for n, r in plan.relations.items()
-            }
-        if writes:
-            out["writes"] = writes
-        return out
-
-    def redact(self, plan: ModelPlan | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The inputs as they may be logged (see `ormai_agents._redact.redact_inputs`)."""
-        return redact_inputs(plan, inputs, self._redact_keys)
+        return list(self._runtime.write_plans[plan.name].writable(operation))
 
 
-# The call running in this task, so `_fetch` knows whether the call began the transaction.
-_ACTIVE_CALL: ContextVar[_Call | None] = ContextVar("ormai_agents_call", default=None)
-
-
-class _Call:
-    """Times one toolset call and writes its audit record, whatever the outcome."""
-
-    __slots__ = (
-        "_token",
-        "after",
-        "before",
-        "ctx",
-        "deadline",
-        "inputs",
-        "model",
-        "opened",
-        "plan",
-        "recorded",
-        "row_count",
-        "started",
-        "tool",
-        "toolset",
-        "where",
-    )  # fmt: skip
-
-    def __init__(self, toolset: Toolset, ctx: RunContext, tool: str, model: Any, inputs: dict[str, Any]) -> None:
-        if not isinstance(ctx, RunContext):
-            raise TypeError("the first argument must be a RunContext")
-        self.toolset = toolset
-        self.ctx = ctx
-        self.tool = tool
-        self.model = model
-        self.inputs = inputs
-        self.plan: ModelPlan | None = None
-        self.where: Where | None = None
-        self.row_count: int | None = None
-        self.before: dict[str, Any] | None = None
-        self.after: dict[str, Any] | None = None
-        self.opened: bool | None = None  # with rls: whether setting it began the transaction
-        self._token: Any = None
-        self.recorded = False
-        self.deadline: float | None = None
-
-    async def audit_now(self) -> None:
-        """Store the success record now, inside a write's transaction: when it can't be stored
-        the error propagates and the write is rolled back (writes fail closed)."""
-        store = self.toolset.audit_store
-        if store is not None or self.ctx.on_audit is not None:
-            try:
-                await self._audit(store, None, strict=True)
-            except Exception:
-                raise AuditUnavailableError(
-                    "The change was not applied because it could not be recorded in the audit log. Try again later."
-                ) from None
-        self.recorded = True
-
-    async def __aenter__(self) -> _Call:
-        self.started = time.perf_counter()
-        self.deadline = _budget.deadline(self.toolset.policy.call_timeout_seconds)
-        self._token = _ACTIVE_CALL.set(self)
-        try:
-            # Before anything reads them: arguments too deep or too big are refused (and the
-            # refused values are left out of the audit record).
-            problems = _inputs.check_bounds(self.inputs, self.toolset._bounds) if self.inputs else None
-            if problems:
-                self.inputs = {k: (_OUT_OF_BOUNDS if k in problems else v) for k, v in self.inputs.items()}
-                why = "; ".join(problems.values())
-                # A cursor is only ever one the toolset made: too big is simply not one.
-                error = InvalidCursorError if list(problems) == ["cursor"] else ValidationError
-                raise error(f"{why[0].upper()}{why[1:]}. Nothing was run: send smaller arguments.")
-            # Before the call's first statement; `opened` tells reads and writes whether setting
-            # them began the transaction (so it is the call's own to retry and commit).
-            if self.toolset._rls_paths is not None and self.tool != "describe_schema":
-                self.opened = not self.ctx.db.in_transaction()
-                await self.toolset._set_rls(self.ctx)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if self._token is not None:
-            _ACTIVE_CALL.reset(self._token)
-            self._token = None
-        error: OrmAIError | None = None
-        if isinstance(exc, OrmAIError):
-            error = exc
-        elif exc is not None:
-            if isinstance(exc, Exception):
-                log.error("ormai_agents: unexpected error in %s", self.tool, exc_info=exc)
-            # Cancellation and other BaseExceptions are recorded, then propagate unchanged.
-            error = OrmAIError("The request could not be completed.")
-        store = self.toolset.audit_store
-        if (store is not None or self.ctx.on_audit is not None) and not (self.recorded and error is None):
-            await self._audit(store, error)
-        if isinstance(exc, Exception) and error is not exc:
-            raise error from exc
-        return False
-
-    def _record(self, error: OrmAIError | None, bare: bool = False) -> AuditRecord:
-        """The call's audit record, redacted once and storable by every store and event sink.
-
-        `bare` keeps the principal's ids and what the toolset itself decides (the fallback when
-        a value can't be rendered at all)."""
-        principal = self.ctx.principal
-        where = self.where
-        model = self.model if isinstance(self.model, str) else None
-        patterns = self.toolset._redact_keys
-        return AuditRecord(
-            tool_name=self.tool,
-            model=clean_text(model, 200) if model is not None else None,
-            tenant_id=clean(principal.tenant_id),
-            user_id=clean(principal.user_id),
-            roles=[] if bare else clean(list(principal.roles)),
-            inputs={"[UNRECORDABLE]": True} if bare else self.toolset.redact(self.plan, self.inputs),
-            scopes_injected=clean(list(where.scopes)) if where and not bare else [],
-            policies_applied=clean(list(where.policies)) if where and not bare else [],
-            bypass_used=where.bypass if where else False,
-            outcome="success" if error is None else ("denied" if error.code in _DENIED_CODES else "error"),
-            error_code=None if error is None else error.code,
-            error_message=None if error is None or bare else clean_text(error.message),
-            row_count=self.row_count,
-            duration_ms=(time.perf_counter() - self.started) * 1000,
-            before=None if bare else redact_snapshot(self.before, patterns),
-            after=None if bare else redact_snapshot(self.after, patterns),
-            request_id=None if bare or self.ctx.request_id is None else clean_text(str(self.ctx.request_id), 200),
-        )
-
-    async def _audit(self, store: AuditStore | None, error: OrmAIError | None, strict: bool = False) -> None:
-        try:
-            record = self._record(error)
-        except Exception:  # a host's odd value must not cost the call its record
-            log.exception("ormai_agents: could not build the audit record of a %s call", self.tool)
-            record = self._record(error, bare=True)
-        if store is not None:
-            try:
-                await deliver(store, record, durable=self.tool not in _READ_TOOLS, db=self.ctx.db)
-            except Exception:
-                if strict:
-                    raise
-                # A read still answers; the failure is reported to the host's logs.
-                log.exception("ormai_agents: could not store the audit record of a %s call", self.tool)
-        sink = self.ctx.on_audit
-        if sink is not None:
-            try:
-                pending = sink(record)
-                if inspect.isawaitable(pending):
-                    await pending
-            except Exception:
-                log.exception("ormai_agents: the on_audit callback failed for a %s call", self.tool)
-
-
-def _aggregate_expr(plan: ModelPlan, function: Any, field: Any) -> Any:
-    if function not in AGGREGATE_FUNCTIONS:
-        raise ValidationError(f"function must be one of: {', '.join(AGGREGATE_FUNCTIONS)}")
-    if field is None:
-        if function != "count":
-            raise ValidationError(f"{function} needs a field")
-        return func.count()
-    info = _inputs.comparable_field(
-        plan, field, f"That field can't be aggregated on {plan.name}. Fields you can aggregate: {{fields}}"
-    )
-    if function in ("sum", "avg") and not is_numeric(info.pytype):
-        numeric = [n for n in plan.comparable_fields if is_numeric(plan.fields[n].pytype)]
-        raise ValidationError(f"{function} needs a numeric field. Numeric fields: {', '.join(numeric) or '(none)'}")
-    return getattr(func, function)(info.column)
-
-
-class _SortKey(NamedTuple):
-    column: Any
-    desc: bool
-    nullable: bool
-    coerce: Callable[[Any], Any]
-
-
-def _order_clause(key: _SortKey) -> Any:
-    clause = key.column.desc() if key.desc else key.column.asc()
-    # NULLs sort last in both directions on every backend, so keyset pages agree with ORDER BY.
-    return nulls_last(clause) if key.nullable else clause
-
-
-def _keyset_after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
-    """Rows strictly after `values` in the order of `keys` (NULLs last)."""
-    if not any(k.nullable for k in keys) and len({k.desc for k in keys}) == 1:
-        if len(keys) == 1:
-            lhs, rhs = keys[0].column, values[0]
-        else:
-            lhs, rhs = tuple_(*(k.column for k in keys)), tuple_(*values)
-        return lhs < rhs if keys[0].desc else lhs > rhs  # type: ignore[no-any-return]
-    branches = []
-    for i, key in enumerate(keys):
-        ties = [
-            k.column.is_not_distinct_from(v) if k.nullable else k.column == v
-            for k, v in zip(keys[:i], values[:i])
-        ]
-        value = values[i]
-        if value is None:
-            continue  # nothing sorts after NULL on this key except through later keys
-        step = key.column < value if key.desc else key.column > value
-        if key.nullable:
-            step = or_(step, key.column.is_(None))
-        branches.append(and_(*ties, step))
-    return or_(*branches) if branches else false()
-
-
-def _too_many_included(limit: int) -> ValidationError:
-    return ValidationError(
-        f"include would return more than {limit} related records in one call. Ask for fewer rows with "
-        "limit, include fewer relationships, or query the related model with filters."
-    )
-
-
-def _relation_key_columns(tree: dict[str, tuple[RelationInfo, dict[str, Any]]]) -> list[Any]:
-    out = []
-    for rel_name, (rel, _) in tree.items():
-        out += [local.label(f"_j_{rel_name}_{i}") for i, (local, _) in enumerate(rel.pairs)]
-    return out
-
-
-def _mask(show_last: int) -> Callable[[Any], Any]:
-    def mask(value: Any) -> Any:
-        if value is None:
-            return None
-        text = str(value)
-        tail = text[-show_last:] if show_last and len(text) > show_last * 2 else ""
-        return "****" + tail
-
-    return mask
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
-        return value.value  # enums
-    if isinstance(value, (int, float, str)) or value is None:
-        return value
-    return str(value)
-
-
-async def _execute(db: Any, stmt: Any, deadline: float | None = None) -> list[Any]:
-    # Core statements go straight to the connection: no ORM compile step on the hot path.
-    with map_db_errors("read"):
-        if isinstance(db, AsyncSession):
-            aconn = await db.connection()
-            with Interruptible(aconn.sync_connection, deadline):
-                return list((await aconn.execute(stmt)).all())
-        if isinstance(db, AsyncConnection):
-            with Interruptible(db.sync_connection, deadline):
-                return list((await db.execute(stmt)).all())
-        conn = db.connection() if isinstance(db, Session) else db
-        with Interruptible(conn, deadline):
-            return list(conn.execute(stmt).all())
-
-
-def _dialect_of(db: Any) -> Any:
-    if isinstance(db, (Session, AsyncSession)):
-        return db.get_bind().dialect
-    return db.dialect
-
-
-async def _rollback(db: Any) -> None:
-    with map_db_errors("roll back"):
-        if isinstance(db, (AsyncSession, AsyncConnection)):
-            await db.rollback()
-        else:
-            db.rollback()
+def _check_operation(operation: str) -> None:
+    if operation not in _writes.OPERATIONS:
+        raise ValidationError(f"operation must be one of: {', '.join(_writes.OPERATIONS)}")
 
 
 __all__ = ["Toolset"]

@@ -158,7 +158,7 @@ def test_describe_and_tools_agree_on_the_shop_policies() -> None:
     )
     toolset = Toolset(shop.Base, Policy(models=models))
     for name in toolset.model_names:
-        described = toolset._describe(toolset.plan(name)).get("writes", {})
+        described = toolset.describe(name).get("writes", {})
         built = {s.method for s in build_tool_specs(toolset) if s.model == name and s.method in WRITE_OPERATIONS}
         assert set(described) == built, name
 
