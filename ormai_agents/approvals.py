@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ormai_agents._dialects import exact_equals
 from ormai_agents._errors import ApprovalError, ApprovalRequiredError, OrmAIError
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ class SqlApprovalStore(ApprovalDecisions):
     ) -> list[Approval]:
         stmt = select(self.table).order_by(self.table.c.created_at.desc()).limit(max(1, min(int(limit), 10_000)))
         if tenant_id is not None:
-            stmt = stmt.where(self.table.c.tenant_key == _tenant_key(tenant_id))
+            stmt = stmt.where(exact_equals(self.table.c.tenant_key, _tenant_key(tenant_id)))
         if status is not None:
             stmt = stmt.where(self.table.c.status == status.value)
         _, rows = await self._execute(stmt)

@@ -62,6 +62,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -69,6 +70,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from ormai_agents._db import DbHandle
+from ormai_agents._dialects import exact_equals
 from ormai_agents._storable import MAX_TEXT, clean, clean_text, escape_line
 
 __all__ = [
@@ -930,7 +932,8 @@ class JsonlAuditStore:
 class _UTCDateTime(TypeDecorator[datetime]):
     """Timestamps stored in UTC: as timestamptz on PostgreSQL, as naive UTC elsewhere."""
 
-    impl = DateTime(timezone=True)
+    # MySQL's DATETIME keeps whole seconds unless told otherwise: keep microseconds.
+    impl = DateTime(timezone=True).with_variant(MYSQL_DATETIME(fsp=6), "mysql", "mariadb")
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -1253,11 +1256,12 @@ class SqlAuditStore:
         t = self.table
         stmt = select(t)
         if tenant_id is not None:
-            stmt = stmt.where(t.c.tenant_id == _key(tenant_id))
+            # Exact, whatever the collation: tenant 'ACME' must not read tenant 'acme''s records.
+            stmt = stmt.where(exact_equals(t.c.tenant_id, _key(tenant_id)))
         if user_id is not None:
-            stmt = stmt.where(t.c.user_id == _key(user_id))
+            stmt = stmt.where(exact_equals(t.c.user_id, _key(user_id)))
         if tool_name is not None:
-            stmt = stmt.where(t.c.tool_name == tool_name)
+            stmt = stmt.where(exact_equals(t.c.tool_name, tool_name))
         if since is not None:
             stmt = stmt.where(t.c.timestamp >= since)
         if until is not None:

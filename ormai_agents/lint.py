@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import MetaData, Table, inspect
+from sqlalchemy import Boolean, MetaData, Table, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, class_mapper
 
@@ -108,7 +108,7 @@ def reflect_models(
                 )
             )
             continue
-        table = Table(table_name, Reflected.metadata, autoload_with=bind)
+        table = Table(table_name, Reflected.metadata, autoload_with=bind, listeners=[("column_reflect", _reflected_type)])
         if not table.primary_key.columns:
             findings.append(
                 Finding(
@@ -121,6 +121,14 @@ def reflect_models(
             continue
         classes.append(type(name, (Reflected,), {"__table__": table}))
     return classes, findings
+
+
+def _reflected_type(inspector: Any, table: Any, info: dict[str, Any]) -> None:
+    """MySQL and MariaDB store booleans as TINYINT(1): map them back to Boolean, so policy
+    literals such as `is_public = true` fit the reflected column."""
+    kind = info.get("type")
+    if getattr(kind, "display_width", None) == 1 and type(kind).__name__ == "TINYINT":
+        info["type"] = Boolean()
 
 
 @dataclass(slots=True)

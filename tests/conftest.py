@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from sqlalchemy import Engine, create_engine, event, func, insert, make_url, select, text
+from sqlalchemy import Engine, MetaData, String, create_engine, event, func, insert, make_url, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -40,7 +40,7 @@ MYSQL_COLLATION = "utf8mb4_general_ci"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Every backend a database test runs on; parametrize `empty_backend` indirectly with it.
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "mysql"]
 
 # The shop's principals: two tenants, a second user of the first, a third tenant.
 ACME = Principal(tenant_id="acme", user_id="u1")
@@ -142,11 +142,30 @@ class Backend:
     def is_mysql(self) -> bool:
         return self.name == "mysql"
 
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite"
+
     def session(self) -> Session:
         return Session(self.sync_engine)
 
     def async_session(self) -> AsyncSession:
         return AsyncSession(self.async_engine)
+
+
+def create_tables(backend: Backend, metadata: MetaData) -> None:
+    """`metadata.create_all` on the backend. MySQL needs a length on every VARCHAR: text columns
+    declared without one (as the setup guide's models are) become VARCHAR(255) there."""
+    if backend.is_mysql:
+        copy = MetaData()
+        for table in metadata.sorted_tables:
+            table.to_metadata(copy)
+        for table in copy.tables.values():
+            for column in table.columns:
+                if type(column.type) is String and column.type.length is None:
+                    column.type = String(255)
+        metadata = copy
+    metadata.create_all(backend.sync_engine)
 
 
 def make_backend(name: str, tmp_dir: Any) -> tuple[Backend, Any]:
@@ -208,7 +227,7 @@ async def shop_db(request: pytest.FixtureRequest, shop_backend: Backend) -> Asyn
 
 @pytest.fixture
 def empty_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
-    """A fresh empty database; parametrize indirectly with "sqlite" or "postgres"."""
+    """A fresh empty database; parametrize indirectly with "sqlite", "postgres" or "mysql"."""
     backend, cleanup = make_backend(getattr(request, "param", "sqlite"), tmp_path)
     yield backend
     cleanup()
@@ -226,6 +245,8 @@ def _mysql_backend() -> tuple[Backend, Any]:
     def cleanup() -> None:
         sync_engine.dispose()
         with admin.begin() as conn:
+            # A transaction a failed test left open fails the drop after a while, never hangs it.
+            conn.execute(text("SET SESSION lock_wait_timeout = 30"))
             conn.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
         admin.dispose()
 
@@ -249,7 +270,7 @@ def sqlite_savepoints(engine: Engine) -> None:
 
 def prepare(backend: Backend) -> Backend:
     """Savepoint-correct SQLite, and the hostile shop seed."""
-    if not backend.is_postgres:
+    if backend.is_sqlite:
         sqlite_savepoints(backend.sync_engine)
         sqlite_savepoints(backend.async_engine.sync_engine)
     # Core executemany per table: much cheaper than an ORM flush, and each test gets a fresh copy.
@@ -288,9 +309,9 @@ async def wdb(request: pytest.FixtureRequest, wb: Backend) -> AsyncIterator[Sess
 
 @pytest.fixture
 async def wdb1(wb: Backend) -> AsyncIterator[Session | AsyncSession]:
-    """One session kind per backend (sync on SQLite, async on PostgreSQL) for tests where the
-    kind does not matter; `wdb` runs both where it does."""
-    if wb.is_postgres:
+    """One session kind per backend (sync on SQLite, async on PostgreSQL and MariaDB) for tests
+    where the kind does not matter; `wdb` runs both where it does."""
+    if not wb.is_sqlite:
         async with wb.async_session() as s:
             yield s
     else:

@@ -36,7 +36,7 @@ def store(request: pytest.FixtureRequest, wb: Backend) -> Any:
     if request.param == "memory":
         return MemoryApprovalStore()
     # The SQL store on the same database: the sync engine on SQLite, the async one on PostgreSQL.
-    return SqlApprovalStore(wb.async_engine if wb.is_postgres else wb.sync_engine)
+    return SqlApprovalStore(wb.sync_engine if wb.is_sqlite else wb.async_engine)
 
 
 async def tamper(store: Any, approval_id: str, arguments: dict[str, Any]) -> None:

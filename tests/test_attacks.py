@@ -32,6 +32,7 @@ from ormai_agents import (
 )
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
+from tests._collation import for_backend
 from tests.conftest import ACME, ACME_OTHER_USER, GLOBEX
 from tests._truth import rows as db_rows
 from tests._truth import scalars, walk
@@ -358,14 +359,38 @@ LIKE_NEEDLES = ["%", "_", "\\", "/", "%_", "x%_\\y", "100%", "a_b", "\\s", "ün�
 
 
 @pytest.mark.parametrize("needle", LIKE_NEEDLES)
-async def test_like_operators_treat_wildcards_literally(toolset: Toolset, shop_db: Any, needle: str) -> None:
+async def test_like_operators_treat_wildcards_literally(toolset: Toolset, shop_db: Any, shop_backend: Any, needle: str) -> None:
+    # Wildcards match only themselves; letters fold as the backend's LIKE folds them (MariaDB:
+    # case and accents; SQLite: ASCII case), see tests/_collation.py.
+    fold = for_backend(shop_backend).like
     ctx = RunContext(ACME, shop_db)
     for model, cls, field in (("Order", Order, "status"), ("Customer", Customer, "name")):
         values = await db_rows(shop_db, select(cls.id, getattr(cls, field)).where(cls.tenant_id == "acme"))
         for op, test in (("contains", str.__contains__), ("startswith", str.startswith), ("endswith", str.endswith)):
             got = await walk(toolset, ctx, model, filters=[{"field": field, "op": op, "value": needle}])
-            expected = sorted(i for i, v in values if v is not None and test(v, needle))
+            expected = sorted(i for i, v in values if v is not None and test(fold(v), fold(needle)))
             assert sorted(r["id"] for r in got) == expected, (model, op, needle)
+
+
+async def test_agent_filters_fold_as_documented_per_backend_but_never_the_scope(
+    toolset: Toolset, shop_db: Any, shop_backend: Any
+) -> None:
+    ctx = RunContext(ACME, shop_db)
+    mine = await scalars(shop_db, select(Order.id).where(Order.tenant_id == "acme").order_by(Order.id))
+    folds_case = shop_backend.is_mysql
+    # `=` on the scoped column itself: the filter folds on MariaDB, but never widens the scope.
+    for value in ("ACME", "Acme", "acmé", "acme ", "ACMÉ "):
+        got = await walk(toolset, ctx, "Order", filters=[{"field": "tenant_id", "op": "eq", "value": value}])
+        assert [r["id"] for r in got] == (mine if folds_case else []), value
+        assert {r["tenant_id"] for r in got} <= {"acme"}
+    # LIKE: case on SQLite (ASCII) and MariaDB; accents on MariaDB only; never on PostgreSQL.
+    pending = await scalars(
+        shop_db, select(Order.id).where(Order.tenant_id == "acme", Order.status == "pending").order_by(Order.id)
+    )
+    assert pending
+    for needle, folds in (("PEND", not shop_backend.is_postgres), ("pénd", shop_backend.is_mysql)):
+        got = await walk(toolset, ctx, "Order", filters=[{"field": "status", "op": "startswith", "value": needle}])
+        assert [r["id"] for r in got] == (pending if folds else []), needle
 
 
 async def test_wildcard_needles_do_match_something(toolset: Toolset, shop_db: Any) -> None:

@@ -34,6 +34,8 @@ async def make_store(kind: str, backend: Backend, tmp_path: Path) -> Any:
             create_engine(backend.sync_engine.url, connect_args={"options": _search_path(backend)}, poolclass=NullPool),
             in_caller_transaction=False,
         )
+    elif backend.is_mysql:
+        store = SqlAuditStore(create_engine(backend.sync_engine.url, poolclass=NullPool))
     else:  # SQLite: a second connection can't write while the write holds the file, so another file
         store = SqlAuditStore(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}", poolclass=NullPool))
     await store.create_table()

@@ -74,6 +74,9 @@ def test_audit_from_a_sql_store(shop_backend: Backend, tmp_path: Path) -> None:
         url = pg_url("psycopg").update_query_dict({"options": f"-csearch_path={schema}"})
         store_url = url.render_as_string(hide_password=False)
         engine = shop_backend.sync_engine
+    elif shop_backend.is_mysql:
+        store_url = shop_backend.sync_engine.url.render_as_string(hide_password=False)
+        engine = shop_backend.sync_engine
     else:
         from sqlalchemy import create_engine
 

@@ -18,7 +18,7 @@ from tests._truth import captured
 # A tenant value that appears nowhere in the SQL text unless it was inlined.
 TENANT = "acme"
 PRINCIPAL = Principal(tenant_id=TENANT, user_id="u1", metadata={"orgs": ["org-1", "org-2"]})
-_PARAM = r"(?:\?|%\(\w+\)s|\$\d+)(?:::VARCHAR(?:\(\d+\))?)?"
+_PARAM = r"(?:\?|%\(\w+\)s|%s|\$\d+)(?:::VARCHAR(?:\(\d+\))?)?"
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from ormai_agents import FieldAction, ModelPolicy, Policy, Principal, RowPolicy, RunContext, Toolset
 from tests import shop
+from tests._collation import Collation, MariaDBCollation, SQLiteCollation, for_backend
 from tests._truth import walk
 
 Order = shop.Order
@@ -70,52 +71,63 @@ TEXT_NEEDLES = sorted({v[i:j] for name in ("status", "tenant_id", "owner_id") fo
 # --- the oracle: SQL semantics, row by row ------------------------------------------------
 
 
-def _cmp(op: str, a: Any, b: Any) -> bool:
+BINARY = Collation()
+
+
+def _cmp(op: str, a: Any, b: Any, coll: Collation = BINARY) -> bool:
     if a is None or b is None:
         return False
-    return {"eq": a == b, "ne": a != b, "lt": a < b, "lte": a <= b, "gt": a > b, "gte": a >= b}[op]
+    if op == "eq":
+        return coll.eq(a, b)
+    if op == "ne":
+        return not coll.eq(a, b)
+    if op == "lt":
+        return coll.lt(a, b)
+    if op == "lte":
+        return not coll.lt(b, a)
+    if op == "gt":
+        return coll.lt(b, a)
+    return not coll.lt(a, b)
 
 
-_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def matches(row: dict[str, Any], spec: dict[str, Any], like_folds_ascii: bool = False) -> bool:
-    """Whether a row passes a filter. `like_folds_ascii`: SQLite's LIKE ignores the case of
-    ASCII letters (and only those); PostgreSQL's LIKE is case-sensitive."""
+def matches(row: dict[str, Any], spec: dict[str, Any], coll: Collation = BINARY) -> bool:
+    """Whether a row passes a filter, with the backend's text semantics (tests/_collation.py):
+    SQLite's LIKE folds ASCII case; MariaDB's `=`, `<` and LIKE fold case and accents, and its `=`
+    ignores trailing spaces; PostgreSQL compares code points."""
     value, op, arg = row[spec["field"]], spec["op"], spec["py"]
-    if like_folds_ascii and op in TEXT_OPS and value is not None:
-        value, arg = value.translate(_ASCII_FOLD), arg.translate(_ASCII_FOLD)
+    if op in TEXT_OPS and value is not None:
+        value, arg = coll.like(value), coll.like(arg)
     if op == "is_null":
         return (value is None) == arg
     if op == "in":
-        return value is not None and value in arg
-    if op == "not_in":
-        return not arg or (value is not None and value not in arg)  # NOT IN () holds for every row
+        return value is not None and any(coll.eq(value, a) for a in arg)
+    if op == "not_in":  # NOT IN () holds for every row
+        return not arg or (value is not None and not any(coll.eq(value, a) for a in arg))
     if op == "between":
-        return value is not None and arg[0] <= value <= arg[1]
+        return value is not None and not coll.lt(value, arg[0]) and not coll.lt(arg[1], value)
     if op == "contains":
         return value is not None and arg in value
     if op == "startswith":
         return value is not None and value.startswith(arg)
     if op == "endswith":
         return value is not None and value.endswith(arg)
-    return _cmp(op, value, arg)
+    return _cmp(op, value, arg, coll)
 
 
-def sort_rows(rows: list[dict[str, Any]], order: list[tuple[str, bool]]) -> list[dict[str, Any]]:
+def sort_rows(rows: list[dict[str, Any]], order: list[tuple[str, bool]], coll: Collation = BINARY) -> list[dict[str, Any]]:
     """ORDER BY the keys with NULLs last in both directions, then the primary key."""
     keys = list(order) + ([] if any(f == "id" for f, _ in order) else [("id", False)])
 
     def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
         for field, desc in keys:
             x, y = a[field], b[field]
-            if x == y:
+            if x is None or y is None:
+                if x is None and y is None:
+                    continue
+                return 1 if x is None else -1
+            if coll.eq(x, y):
                 continue
-            if x is None:
-                return 1
-            if y is None:
-                return -1
-            result = -1 if x < y else 1
+            result = -1 if coll.lt(x, y) else 1
             return -result if desc else result
         return 0
 
@@ -238,11 +250,11 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
 # --- the oracle's answer and pinned cases ------------------------------------------------------
 
 
-def oracle(truth: list[dict[str, Any]], case: dict[str, Any], like_folds_ascii: bool) -> tuple[list[Any], list[Any]]:
+def oracle(truth: list[dict[str, Any]], case: dict[str, Any], coll: Collation) -> tuple[list[Any], list[Any]]:
     """(rows the principal may see, the rows the query must return in order)."""
     visible = [r for r in truth if case["variant"].visible(case["principal"], r)]
-    chosen = [r for r in visible if all(matches(r, f, like_folds_ascii) for f in case["filters"])]
-    return visible, sort_rows(chosen, case["order"])
+    chosen = [r for r in visible if all(matches(r, f, coll) for f in case["filters"])]
+    return visible, sort_rows(chosen, case["order"], coll)
 
 
 def kinds(case: dict[str, Any], visible: list[Any], expected: list[Any]) -> set[str]:
@@ -290,12 +302,12 @@ def _seed_truth() -> list[dict[str, Any]]:
     return [{k: getattr(o, k) for k in columns} for o in shop.seed_rows() if isinstance(o, Order)]
 
 
-@pytest.mark.parametrize("folds", [False, True], ids=["like-case-sensitive", "like-folds-ascii"])
+@pytest.mark.parametrize("coll", [BINARY, SQLiteCollation()], ids=["like-case-sensitive", "like-folds-ascii"])
 @pytest.mark.parametrize("index", range(len(PINNED)))
-def test_pinned_examples_discriminate(index: int, folds: bool) -> None:
+def test_pinned_examples_discriminate(index: int, coll: Collation) -> None:
     """The pinned examples are not vacuous: each returns what it is meant to exercise."""
     case, wanted = PINNED[index]
-    visible, expected = oracle(_seed_truth(), case, folds)
+    visible, expected = oracle(_seed_truth(), case, coll)
     assert wanted <= kinds(case, visible, expected), (wanted, len(visible), len(expected))
 
 
@@ -310,11 +322,20 @@ def truth(shop_backend: Any) -> list[dict[str, Any]]:
     return rows
 
 
-async def _run(backend: Any, truth: list[dict[str, Any]], case: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def collation(shop_backend: Any, truth: list[dict[str, Any]]) -> Collation:
+    """The backend's text semantics for agent filters; MariaDB's weights fetched once."""
+    coll = for_backend(shop_backend)
+    if isinstance(coll, MariaDBCollation):
+        coll.learn([*(v for r in truth for v in r.values()), *(v for vs in DOMAIN.values() for v in vs), *TEXT_NEEDLES, *LIKE_SPECIALS])
+    return coll
+
+
+async def _run(backend: Any, truth: list[dict[str, Any]], coll: Collation, case: dict[str, Any]) -> None:
     variant: Variant = case["variant"]
     principal: Principal = case["principal"]
     specs = case["filters"]
-    visible, expected = oracle(truth, case, like_folds_ascii=backend.name == "sqlite")
+    visible, expected = oracle(truth, case, coll)
     toolset = TOOLSETS[variant.name]
     kwargs = {
         "filters": [{k: f[k] for k in ("field", "op", "value")} for f in specs],
@@ -351,5 +372,7 @@ def _pinned(test: Callable[..., None]) -> Callable[..., None]:
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @_pinned
 @given(case=cases())
-def test_toolset_matches_row_by_row_oracle(shop_backend: Any, truth: list[dict[str, Any]], case: dict[str, Any]) -> None:
-    asyncio.run(_run(shop_backend, truth, case))
+def test_toolset_matches_row_by_row_oracle(
+    shop_backend: Any, truth: list[dict[str, Any]], collation: Collation, case: dict[str, Any]
+) -> None:
+    asyncio.run(_run(shop_backend, truth, collation, case))

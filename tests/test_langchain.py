@@ -194,8 +194,10 @@ async def test_audit_events_reach_handlers(shop_backend: Backend, kind: str, bou
 def pooled_async_engine(backend: Backend) -> Any:
     """An async engine with a small pool: 96 concurrent tool calls share 8 connections (the
     shared test server has a connection limit)."""
-    if not backend.is_postgres:
+    if backend.is_sqlite:
         return backend.async_engine
+    if backend.is_mysql:
+        return create_async_engine(backend.async_engine.url, pool_size=8, max_overflow=0)
     with backend.session() as s:
         schema = s.scalar(text("select current_schema()"))
     return create_async_engine(
@@ -203,7 +205,7 @@ def pooled_async_engine(backend: Backend) -> Any:
     )
 
 
-@pytest.mark.parametrize("shop_backend", ["postgres", "sqlite"], indirect=True)
+@pytest.mark.parametrize("shop_backend", ["postgres", "sqlite", "mysql"], indirect=True)
 async def test_concurrent_runs_on_one_toolkit_never_mix(shop_backend: Backend, toolset: Toolset) -> None:
     engine = pooled_async_engine(shop_backend)
     try:

@@ -13,7 +13,7 @@ from ormai_agents.audit import JsonlAuditStore, MemoryAuditStore, SqlAuditStore
 from ormai_agents.core import Principal, RunContext
 from ormai_agents.policy import FieldAction, FieldPolicy, ModelPolicy, Policy
 from ormai_agents.toolset import Toolset
-from tests.conftest import Backend, make_backend
+from tests.conftest import Backend, create_tables, make_backend
 
 Base = declarative_base()
 
@@ -64,11 +64,11 @@ policy = Policy(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
 def seeded(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
     backend, cleanup = make_backend(request.param, tmp_path)
-    Base.metadata.create_all(backend.sync_engine)
+    create_tables(backend, Base.metadata)
     with backend.session() as s:
         s.add_all([Tenant(id="acme-corp", name="Acme"), Tenant(id="globex", name="Globex")])
         s.add_all([User(id="user-123", tenant_id="acme-corp", email="a@acme"), User(id="user-9", tenant_id="globex", email="g@globex")])

@@ -24,7 +24,7 @@ from ormai_agents.audit import MemoryAuditStore
 from ormai_agents.core import Principal, RunContext
 from ormai_agents.policy import FieldAction, FieldPolicy, ModelPolicy, Policy, RowPolicy, WriteAction, WritePolicy
 from tests._truth import captured, walk
-from tests.conftest import Backend, make_backend
+from tests.conftest import Backend, create_tables, make_backend
 
 Base = declarative_base()
 
@@ -124,10 +124,10 @@ RESOURCES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "mysql"])
 def guide_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     backend, cleanup = make_backend(request.param, tmp_path_factory.mktemp("guide"))
-    Base.metadata.create_all(backend.sync_engine)
+    create_tables(backend, Base.metadata)
     with backend.session() as s:
         s.add_all([Tenant(id=t, name=t.title()) for t in TENANTS])
         s.add_all([User(id=u, tenant_id=t, email=f"{u}@{t}.example") for u, t in USERS.items()])

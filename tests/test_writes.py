@@ -323,7 +323,7 @@ async def test_errors_are_ormai_errors_with_codes(wb: Backend, wdb1: Any) -> Non
 
 
 async def test_write_statements_carry_scope_and_row_policies(wb: Backend, wdb1: Any) -> None:
-    engine = wb.async_engine.sync_engine if wb.is_postgres else wb.sync_engine
+    engine = wb.sync_engine if wb.is_sqlite else wb.async_engine.sync_engine
     seen: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
