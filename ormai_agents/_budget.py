@@ -10,6 +10,9 @@ connection (nothing outlives the call on a pooled connection):
   server a cancel request for the running statement.
 - asyncpg: the task awaiting the statement is cancelled in its event loop; asyncpg then cancels
   the statement on the server.
+- MySQL and MariaDB with PyMySQL or aiomysql: `KILL QUERY <connection id>` sent from a second,
+  short-lived connection (what the mysql client does on Ctrl-C); the statement fails with error
+  1317 and the connection stays usable.
 
 A driver without an entry in `INTERRUPTERS` is checked between statements only. The interrupted
 statement fails in the driver; `Interruptible` turns that failure into `CallTimeoutError`, so
@@ -24,6 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from ssl import SSLSocket
 from typing import Any, Literal
 
 from ormai_agents._errors import CallTimeoutError
@@ -129,6 +133,37 @@ def _cancel_task(raw: Any) -> Callable[[_Watch], None] | None:
     return interrupt
 
 
+def _kill_query(raw: Any) -> Callable[[_Watch], None] | None:
+    # PyMySQL keeps its connection arguments as public attributes, aiomysql as private ones.
+    def arg(name: str) -> Any:
+        return getattr(raw, name, getattr(raw, "_" + name, None))
+
+    thread_ids = getattr(raw, "server_thread_id", None)
+    if not thread_ids:
+        return None
+    thread_id = int(thread_ids[0])
+    # TLS when the connection itself uses it: PyMySQL's socket is then an SSLSocket.
+    ssl = getattr(raw, "_ssl_context", None)
+    if ssl is None and isinstance(getattr(raw, "_sock", None), SSLSocket):
+        ssl = getattr(raw, "ctx", None)
+    options = {
+        "host": arg("host"), "port": arg("port"), "user": arg("user"), "password": arg("password") or "",
+        "unix_socket": arg("unix_socket"), "ssl": ssl, "connect_timeout": 2,
+    }  # fmt: skip
+
+    def interrupt(_entry: _Watch) -> None:
+        import pymysql  # type: ignore[import-untyped]  # aiomysql is built on PyMySQL: there with either driver
+
+        side = pymysql.connect(**options)
+        try:
+            with side.cursor() as cursor:
+                cursor.execute("KILL QUERY %s", (thread_id,))
+        finally:
+            side.close()
+
+    return interrupt
+
+
 # driver name (SQLAlchemy's `dialect.driver`) -> how to interrupt a statement on its connection.
 INTERRUPTERS: dict[str, Callable[[Any], Callable[[_Watch], None] | None]] = {
     "pysqlite": _sqlite,
@@ -136,6 +171,8 @@ INTERRUPTERS: dict[str, Callable[[Any], Callable[[_Watch], None] | None]] = {
     "psycopg": _cancel,
     "psycopg2": _cancel,
     "asyncpg": _cancel_task,
+    "pymysql": _kill_query,
+    "aiomysql": _kill_query,
 }
 
 

@@ -14,6 +14,9 @@ row-policy comparisons must not fold, so they compare the bytes of the text as w
 
 The first conjunct is what the scope column's index serves (under any collation, identical
 strings are equal, so it never loses a row); the second keeps only the exact matches.
+
+How a running statement is interrupted when a call's time budget is spent depends on the driver,
+not the dialect: see `ormai_agents._budget.INTERRUPTERS`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, func, text, true
+from sqlalchemy import ColumnElement, and_, bindparam, false, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError
@@ -38,10 +41,7 @@ __all__ = [
     "exact_in",
     "is_text",
     "nulls_last",
-    "time_budget",
 ]
-
-TimeBudget = Literal["statement_timeout", "max_statement_time", "max_execution_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,6 @@ class Capabilities:
     savepoints: bool
     row_level_security: bool  # CREATE POLICY: `Toolset(rls=True)` and `ormai_agents.rls`
     exact_text: str | None  # how the bytes of a text expression are written; `{}` is the expression
-    time_budget: TimeBudget | None  # the server setting that bounds one statement's run time
 
 
 _SQLITE = Capabilities(
@@ -72,7 +71,6 @@ _SQLITE = Capabilities(
     savepoints=True,
     row_level_security=False,
     exact_text="CAST({} AS BLOB)",
-    time_budget=None,
 )
 _POSTGRESQL = Capabilities(
     name="postgresql",
@@ -85,7 +83,6 @@ _POSTGRESQL = Capabilities(
     row_level_security=True,
     # convert_to is exact whatever the column's type or collation (citext, nondeterministic ICU).
     exact_text="convert_to({}, 'UTF8')",
-    time_budget="statement_timeout",
 )
 # CONVERT first: the column's character set may differ from the connection's.
 _MYSQL_BYTES = "CAST(CONVERT({} USING utf8mb4) AS BINARY)"
@@ -104,7 +101,6 @@ def _mysql(mariadb: bool, version: tuple[int, ...]) -> Capabilities:
         savepoints=True,
         row_level_security=False,
         exact_text=_MYSQL_BYTES,
-        time_budget="max_statement_time" if mariadb else "max_execution_time",
     )
 
 
@@ -119,7 +115,6 @@ def _unknown(name: str) -> Capabilities:
         savepoints=True,
         row_level_security=False,
         exact_text=None,  # refused when a statement needs it: never a silently folding comparison
-        time_budget=None,
     )
 
 
@@ -238,36 +233,3 @@ def _compile_nulls_last(element: _NullsLast, compiler: Any, **kw: Any) -> str:
 def nulls_last(order: Any) -> Any:
     """`order` (a `col.asc()` or `col.desc()`) with NULLs last on every database."""
     return _NullsLast(order)
-
-
-# --- a time budget per statement ------------------------------------------------------------
-
-
-def time_budget(dialect: Dialect, seconds: float) -> tuple[Any, Any] | None:
-    """Statements that bound every following statement's run time on this connection, and that
-    lift the bound again: `(set, reset)`, or None when the database has no such setting.
-
-    PostgreSQL's setting is local to the transaction (the reset is a no-op then); MySQL's and
-    MariaDB's belong to the session, so the reset must run before the connection goes back to
-    the pool. A statement over budget fails with a database error mapped by `_dberrors`.
-    """
-    if seconds <= 0:
-        raise ValueError("a time budget must be positive")
-    kind = capabilities(dialect).time_budget
-    if kind == "statement_timeout":
-        ms = str(max(1, int(seconds * 1000)))
-        return (
-            func.set_config("statement_timeout", ms, True).select(),
-            func.set_config("statement_timeout", "0", True).select(),
-        )
-    if kind == "max_statement_time":  # MariaDB, in seconds (fractions allowed)
-        return (
-            text("SET SESSION max_statement_time = :s").bindparams(s=float(seconds)),
-            text("SET SESSION max_statement_time = DEFAULT"),
-        )
-    if kind == "max_execution_time":  # MySQL, in milliseconds, SELECT statements only
-        return (
-            text("SET SESSION max_execution_time = :ms").bindparams(ms=max(1, int(seconds * 1000))),
-            text("SET SESSION max_execution_time = DEFAULT"),
-        )
-    return None

@@ -245,6 +245,7 @@ SLOW_VIEWS = {
               "WHERE x < 2000000000) SELECT x AS id, 'acme' AS tenant_id FROM c WHERE x < 0",
     "postgres": "CREATE VIEW slow_rows AS SELECT g AS id, 'acme'::varchar AS tenant_id "
                 "FROM generate_series(1, 2000000000) AS g WHERE g < 0",
+    "mysql": "CREATE VIEW slow_rows AS SELECT 1 AS id, 'acme' AS tenant_id FROM DUAL WHERE SLEEP(600) = 2",
 }  # fmt: skip
 
 

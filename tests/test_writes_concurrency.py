@@ -1,10 +1,11 @@
-"""PostgreSQL only: concurrent connections and dropped connections during writes.
+"""PostgreSQL and MariaDB: concurrent connections and dropped connections during writes.
 
 - No gap between check and write: a row moved out of scope by another transaction is not
   written, and while a write call runs the row can't be moved under it.
-- Fault injection: the call's backend is terminated (`pg_terminate_backend`) from a second
-  connection mid-call. Reads and uncommitted writes are retried; a write is never applied twice,
-  and a failure during COMMIT is reported as an unknown outcome, never retried.
+- Fault injection: the call's connection is killed from a second connection mid-call
+  (`pg_terminate_backend`, MariaDB's `KILL`). Reads and uncommitted writes are retried; a write is
+  never applied twice, and a failure during COMMIT is reported as an unknown outcome, never
+  retried. The same rules hold on both servers.
 """
 
 from __future__ import annotations
@@ -20,26 +21,36 @@ from sqlalchemy.pool import NullPool
 
 from ormai_agents import RecordNotFoundError, RunContext, WriteOutcomeUnknownError
 from tests import shop
-from tests.conftest import ACME, Backend, pg_url
+from tests.conftest import ACME, Backend, mysql_url, pg_url
 from tests.writes_support import count, ids, toolset
 
-pytestmark = pytest.mark.parametrize("empty_backend", ["postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("empty_backend", ["postgres", "mysql"], indirect=True)
 
 Order = shop.Order
 _activity = table("pg_stat_activity", column("pid"), column("wait_event_type"))
+_innodb_trx = table("INNODB_TRX", column("trx_mysql_thread_id"), column("trx_state"), schema="information_schema")
 
 
 def backend_pid(conn: Any) -> int:
-    """The server pid of a SQLAlchemy connection (psycopg or asyncpg)."""
+    """The server's id of a SQLAlchemy connection (psycopg, asyncpg, PyMySQL, aiomysql)."""
     raw = conn.connection.driver_connection
+    if hasattr(raw, "server_thread_id"):
+        return int(raw.server_thread_id[0])
     info = getattr(raw, "info", None)
     return int(info.backend_pid) if info is not None else int(raw.get_server_pid())
 
 
+def admin_engine(backend: Backend) -> Engine:
+    return create_engine(mysql_url("pymysql") if backend.is_mysql else pg_url("psycopg"), poolclass=NullPool)
+
+
 def terminate(admin: Engine, pid: int) -> None:
     with admin.connect() as c:
-        # The timeout makes the call wait until the backend is gone.
-        assert c.execute(select(func.pg_terminate_backend(pid, 5000))).scalar_one() is True
+        if admin.dialect.name == "postgresql":
+            # The timeout makes the call wait until the backend is gone.
+            assert c.execute(select(func.pg_terminate_backend(pid, 5000))).scalar_one() is True
+        else:
+            c.exec_driver_sql(f"KILL {int(pid)}")
 
 
 class Fault:
@@ -47,7 +58,7 @@ class Fault:
     before COMMIT; counts what ran."""
 
     def __init__(self, backend: Backend, engine: Engine, prefix: str | None, on_commit: bool = False) -> None:
-        self.admin = create_engine(pg_url("psycopg"), poolclass=NullPool)  # no hooks on this one
+        self.admin = admin_engine(backend)  # no hooks on this one
         self.engine = engine
         self.prefix = prefix
         self.on_commit = on_commit
@@ -153,13 +164,19 @@ async def _wait_until_blocked(wb: Backend, pid_holder: list[int], timeout: float
     deadline = asyncio.get_running_loop().time() + timeout
     with wb.sync_engine.connect() as c:
         while asyncio.get_running_loop().time() < deadline:
-            stmt = select(func.count()).select_from(_activity).where(
-                _activity.c.pid.in_(pid_holder), _activity.c.wait_event_type == "Lock"
-            )
+            if wb.is_mysql:
+                stmt = select(func.count()).select_from(_innodb_trx).where(
+                    _innodb_trx.c.trx_mysql_thread_id.in_(pid_holder), _innodb_trx.c.trx_state == "LOCK WAIT"
+                )
+            else:
+                stmt = select(func.count()).select_from(_activity).where(
+                    _activity.c.pid.in_(pid_holder), _activity.c.wait_event_type == "Lock"
+                )
             if pid_holder and c.execute(stmt).scalar_one():
                 return
             c.rollback()
-            await asyncio.sleep(0.02)
+            # InnoDB refreshes INNODB_TRX only when it was not read in the last 0.1 s.
+            await asyncio.sleep(0.15 if wb.is_mysql else 0.02)
     raise AssertionError("the toolset call never waited for the row lock")
 
 
@@ -215,13 +232,20 @@ async def test_the_row_cannot_move_between_check_and_write(wb: Backend, row: int
     def interfere(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.startswith("UPDATE orders") and not attempts:
             with wb.sync_engine.connect() as other:
-                other.execute(select(func.set_config("lock_timeout", "200ms", True)))
+                if wb.is_mysql:
+                    other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+                else:
+                    other.execute(select(func.set_config("lock_timeout", "200ms", True)))
                 try:
                     other.execute(update(Order).where(Order.id == row).values(tenant_id="globex"))
                     other.commit()
                     attempts.append("moved")
                 except sa_exc.OperationalError as exc:
-                    attempts.append(getattr(exc.orig, "sqlstate", None) or "error")
+                    attempts.append(str(exc.orig.args[0]) if wb.is_mysql else getattr(exc.orig, "sqlstate", None) or "error")
+                finally:
+                    if wb.is_mysql:
+                        other.rollback()
+                        other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
 
     engine = wb.async_engine.sync_engine
     event.listen(engine, "before_cursor_execute", interfere)
@@ -230,6 +254,7 @@ async def test_the_row_cannot_move_between_check_and_write(wb: Backend, row: int
             result = await ts.update(RunContext(ACME, db), "Order", row, {"status": "written"})
     finally:
         event.remove(engine, "before_cursor_execute", interfere)
-    assert attempts == ["55P03"], "lock_not_available: the row was locked between check and write"
+    # lock_not_available (PostgreSQL), lock wait timeout (MariaDB): locked between check and write.
+    assert attempts == (["1205"] if wb.is_mysql else ["55P03"])
     assert result.data["tenant_id"] == "acme"
     assert count(wb, Order, Order.id == row, Order.tenant_id == "acme", Order.status == "written") == 1
