@@ -275,7 +275,7 @@ async def test_lint_flags_references_that_cross_scopes_into_deletable_models(wb:
             select(shop.Customer.id).join(shop.Order, shop.Order.customer_id == shop.Customer.id)
             .where(shop.Customer.tenant_id == "acme", shop.Order.tenant_id != "acme").limit(1)
         ).scalar_one()  # fmt: skip
-    if not wb.is_postgres:  # SQLite enforces foreign keys only when asked to
+    if wb.is_sqlite:  # SQLite enforces foreign keys only when asked to
 
         @event.listens_for(wb.sync_engine, "connect")
         def _fk(dbapi_connection: Any, record: Any) -> None:
