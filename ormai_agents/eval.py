@@ -395,6 +395,10 @@ def _relation_rows(plan: ModelPlan, rows: list[dict[str, Any]]) -> Iterable[tupl
             yield rel.target, nested
 
 
+# (tenant column, the values the principal may see in it)
+_Scope = list[tuple[str, list[Any]]]
+
+
 def _same(db_value: Any, allowed: list[Any]) -> bool:
     return db_value is not None and str(db_value) in {str(v) for v in allowed}
 
@@ -415,12 +419,14 @@ class NoCrossTenantData(Invariant):
 
     name = "no_cross_tenant_data"
 
-    def __init__(self, tenant_columns: Sequence[str] = ("tenant_id",), principal_path: str = "principal.tenant_id") -> None:
+    def __init__(
+        self, tenant_columns: Sequence[str] = ("tenant_id",), principal_path: str = "principal.tenant_id"
+    ) -> None:
         self.tenant_columns = tuple(tenant_columns)
         self.principal_path = principal_path
         self._path = parse_principal_path(principal_path)
 
-    def _scope(self, obs: Observation, model: str, plan: ModelPlan) -> list[tuple[str, list[Any]]]:
+    def _scope(self, obs: Observation, model: str, plan: ModelPlan) -> _Scope:
         wanted: dict[str, tuple[str, ...]] = {}
         mp = obs.harness.policy.models.get(model)
         if mp is not None:
@@ -430,8 +436,8 @@ class NoCrossTenantData(Invariant):
             if column in plan.columns:
                 wanted.setdefault(column, self._path)
         out = []
-        for column, path in wanted.items():
-            value = obs.principal.resolve(path)
+        for column, parts in wanted.items():
+            value = obs.principal.resolve(parts)
             if isinstance(value, (list, tuple, set, frozenset)):
                 allowed = list(value)
             else:
@@ -457,60 +463,76 @@ class NoCrossTenantData(Invariant):
         return out
 
     async def _check_rows(
-        self, obs: Observation, model: str, plan: ModelPlan, rows: list[dict[str, Any]], scope: list[tuple[str, list[Any]]]
+        self, obs: Observation, model: str, plan: ModelPlan, rows: list[dict[str, Any]], scope: _Scope
     ) -> list[Violation]:
-        columns = [plan.columns[c] for c, _ in scope]
-        pk_names = [info.name if info is not None and info.plain else None for info in plan.pk]
+        names = [info.name for info in plan.pk if info is not None and info.plain]
+        identified = len(names) == len(plan.pk)  # every key column is a plain field
+        keyed = [r for r in rows if identified and all(n in r for n in names)]
+        unkeyed = [r for r in rows if not (identified and all(n in r for n in names))]
         out: list[Violation] = []
-
-        def foreign(values: Sequence[Any]) -> list[str]:
-            return [f"{c}={v!r}" for (c, allowed), v in zip(scope, values) if not _same(v, allowed)]
-
-        keyed = [r for r in rows if None not in pk_names and all(n in r for n in pk_names)]
-        unkeyed = [r for r in rows if not (None not in pk_names and all(n in r for n in pk_names))]
         if keyed:
-            keys = [tuple(r[n] for n in pk_names) for r in keyed]
-            pk_cols = plan.pk_columns
-            found: dict[tuple[Any, ...], Sequence[Any]] = {}
-            for i in range(0, len(keys), 500):
-                part = keys[i : i + 500]
-                cond = pk_cols[0].in_([k[0] for k in part]) if len(pk_cols) == 1 else tuple_(*pk_cols).in_(part)
-                stmt = select(*pk_cols, *columns).select_from(plan.selectable).where(cond)
-                for db_row in await DbHandle(obs.ctx.db).fetch(stmt):
-                    found[tuple(db_row[: len(pk_cols)])] = db_row[len(pk_cols) :]
-            for key in keys:
-                db_values = found.get(key)
-                if db_values is None:
-                    out.append(Violation(self.name, f"{model} {_show_key(key)} was returned but is not in the database"))
-                    continue
-                bad = foreign(db_values)
-                if bad:
-                    out.append(
-                        Violation(
-                            self.name,
-                            f"{model} {_show_key(key)} belongs to another tenant ({', '.join(bad)})",
-                            {"model": model, "id": list(key)},
-                        )
-                    )
+            out += await self._check_keyed(obs, model, plan, [tuple(r[n] for n in names) for r in keyed], scope)
         for row in unkeyed:
-            conds = []
-            for name, value in row.items():
-                info = plan.fields.get(name)
-                if info is None or not info.plain or isinstance(value, (dict, list)):
-                    continue
-                conds.append(info.column.is_(None) if value is None else info.column == value)
-            if not any(True for n, v in row.items() if v is not None and n in plan.fields and plan.fields[n].plain):
-                out.append(Violation(self.name, f"a returned {model} row can't be checked: it carries no key or plain value"))
+            out += await self._check_unkeyed(obs, model, plan, row, scope)
+        return out
+
+    async def _check_keyed(
+        self, obs: Observation, model: str, plan: ModelPlan, keys: list[tuple[Any, ...]], scope: _Scope
+    ) -> list[Violation]:
+        """Rows returned with their key: each is looked up by key and its tenant columns compared."""
+        columns = [plan.columns[c] for c, _ in scope]
+        pk_cols = plan.pk_columns
+        found: dict[tuple[Any, ...], Sequence[Any]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            cond = pk_cols[0].in_([k[0] for k in part]) if len(pk_cols) == 1 else tuple_(*pk_cols).in_(part)
+            stmt = select(*pk_cols, *columns).select_from(plan.selectable).where(cond)
+            for db_row in await DbHandle(obs.ctx.db).fetch(stmt):
+                found[tuple(db_row[: len(pk_cols)])] = db_row[len(pk_cols) :]
+        out: list[Violation] = []
+        for key in keys:
+            db_values = found.get(key)
+            if db_values is None:
+                out.append(Violation(self.name, f"{model} {_show_key(key)} was returned but is not in the database"))
                 continue
-            stmt = select(*columns).select_from(plan.selectable).where(and_(*conds)).limit(1000)
-            candidates = await DbHandle(obs.ctx.db).fetch(stmt)
-            if not candidates:
-                out.append(Violation(self.name, f"a returned {model} row matches no row in the database"))
-            elif all(foreign(c) for c in candidates):
+            bad = _foreign(scope, db_values)
+            if bad:
                 out.append(
-                    Violation(self.name, f"a returned {model} row matches only rows of another tenant ({', '.join(foreign(candidates[0]))})")
+                    Violation(
+                        self.name,
+                        f"{model} {_show_key(key)} belongs to another tenant ({', '.join(bad)})",
+                        {"model": model, "id": list(key)},
+                    )
                 )
         return out
+
+    async def _check_unkeyed(
+        self, obs: Observation, model: str, plan: ModelPlan, row: dict[str, Any], scope: _Scope
+    ) -> list[Violation]:
+        """A row returned without its key: the rows that match its plain values must include one of
+        the principal's."""
+        columns = [plan.columns[c] for c, _ in scope]
+        conds = []
+        for name, value in row.items():
+            info = plan.fields.get(name)
+            if info is None or not info.plain or isinstance(value, (dict, list)):
+                continue
+            conds.append(info.column.is_(None) if value is None else info.column == value)
+        if not any(True for n, v in row.items() if v is not None and n in plan.fields and plan.fields[n].plain):
+            return [Violation(self.name, f"a returned {model} row can't be checked: it carries no key or plain value")]
+        stmt = select(*columns).select_from(plan.selectable).where(and_(*conds)).limit(1000)
+        candidates = await DbHandle(obs.ctx.db).fetch(stmt)
+        if not candidates:
+            return [Violation(self.name, f"a returned {model} row matches no row in the database")]
+        if all(_foreign(scope, c) for c in candidates):
+            bad = ", ".join(_foreign(scope, candidates[0]))
+            return [Violation(self.name, f"a returned {model} row matches only rows of another tenant ({bad})")]
+        return []
+
+
+def _foreign(scope: _Scope, values: Sequence[Any]) -> list[str]:
+    """`column=value` for each tenant column whose value the principal may not see."""
+    return [f"{c}={v!r}" for (c, allowed), v in zip(scope, values, strict=False) if not _same(v, allowed)]
 
 
 def _show_key(key: Sequence[Any]) -> str:
@@ -520,7 +542,7 @@ def _show_key(key: Sequence[Any]) -> str:
 def _field_actions(policy: Policy, model: str, plan: ModelPlan) -> dict[str, FieldAction]:
     mp = policy.models.get(model)
     if mp is None or not mp.allowed:
-        return {name: FieldAction.Deny for name in plan.columns}
+        return dict.fromkeys(plan.columns, FieldAction.Deny)
     return {
         name: (mp.fields[name].action if name in mp.fields else mp.default_field_action) for name in plan.columns
     }
@@ -545,7 +567,9 @@ class NoDeniedFields(Invariant):
             return [Violation(self.name, f"the error names denied field {n!r}") for n in named]
         return self._rows(obs, obs.model, plan, obs.rows, 0)
 
-    def _rows(self, obs: Observation, model: str, plan: ModelPlan, rows: list[dict[str, Any]], depth: int) -> list[Violation]:
+    def _rows(
+        self, obs: Observation, model: str, plan: ModelPlan, rows: list[dict[str, Any]], depth: int
+    ) -> list[Violation]:
         if depth > 8:
             return []
         actions = _field_actions(obs.harness.policy, model, plan)
@@ -583,7 +607,8 @@ class WithinLimits(Invariant):
             mp = policy.models.get(obs.model)
             count = obs.result.data.get("updated_count")
             if mp is not None and isinstance(count, int) and count > mp.write_policy.max_affected_rows:
-                out.append(Violation(self.name, f"bulk_update changed {count} rows, more than {mp.write_policy.max_affected_rows}"))
+                most = mp.write_policy.max_affected_rows
+                out.append(Violation(self.name, f"bulk_update changed {count} rows, more than {most}"))
             return out
         rows = obs.rows
         limit = obs.kwargs.get("limit")
@@ -600,7 +625,8 @@ class WithinLimits(Invariant):
         policy = obs.harness.policy
         out: list[Violation] = []
         if len(rows) > self._max_rows(policy, model) and depth == 0:
-            out.append(Violation(self.name, f"{len(rows)} {model} rows returned, more than max_rows {self._max_rows(policy, model)}"))
+            most = self._max_rows(policy, model)
+            out.append(Violation(self.name, f"{len(rows)} {model} rows returned, more than max_rows {most}"))
         plan = _model_plan(obs, model)
         if plan is None:
             return out
@@ -611,11 +637,14 @@ class WithinLimits(Invariant):
                 if value is None:
                     continue
                 if depth + 1 > policy.max_include_depth:
-                    out.append(Violation(self.name, f"{model}.{rel_name} is included deeper than max_include_depth {policy.max_include_depth}"))
+                    deepest = policy.max_include_depth
+                    why = f"{model}.{rel_name} is included deeper than max_include_depth {deepest}"
+                    out.append(Violation(self.name, why))
                     return out
                 items = value if isinstance(value, list) else [value]
                 if rel.many and len(items) > self._max_rows(policy, rel.target):
-                    out.append(Violation(self.name, f"{len(items)} {rel.target} rows included in one {model}, more than max_rows"))
+                    why = f"{len(items)} {rel.target} rows included in one {model}, more than max_rows"
+                    out.append(Violation(self.name, why))
                 nested += [i for i in items if isinstance(i, dict)]
             if nested:
                 out += self._rows(obs, rel.target, nested, depth + 1)
@@ -638,8 +667,8 @@ def _ids(toolset: Toolset, model: Any, rows: list[dict[str, Any]]) -> list[list[
         plan = toolset.plan(model)
     except OrmAIError:
         return None
-    names = [info.name if info is not None and info.plain else None for info in plan.pk]
-    if None in names or not all(all(n in r for n in names) for r in rows):
+    names = [info.name for info in plan.pk if info is not None and info.plain]
+    if len(names) != len(plan.pk) or not all(all(n in r for n in names) for r in rows):
         return None
     return [json.loads(json.dumps([r[n] for n in names], default=str)) for r in rows]
 
@@ -686,7 +715,7 @@ class RecordedCall:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RecordedCall:
         """The call `to_dict` produced; ValueError when `data` is not one."""
-        if not isinstance(data, Mapping) or not isinstance(data.get("tool"), str) or not isinstance(data.get("outcome"), str):
+        if not isinstance(data, Mapping) or not all(isinstance(data.get(k), str) for k in ("tool", "outcome")):
             raise ValueError("not a recorded call")
         if not isinstance(data.get("principal"), Mapping) or not isinstance(data.get("kwargs") or {}, Mapping):
             raise ValueError("not a recorded call")
@@ -712,7 +741,16 @@ class RecordedCall:
         )
 
 
-def _observe(toolset: Toolset, principal: Principal, tool: str, kwargs: Mapping[str, Any], result: Any, error: BaseException | None, *, redact: bool) -> RecordedCall:
+def _observe(
+    toolset: Toolset,
+    principal: Principal,
+    tool: str,
+    kwargs: Mapping[str, Any],
+    result: Any,
+    error: BaseException | None,
+    *,
+    redact: bool,
+) -> RecordedCall:
     model = kwargs.get("model")
     rows = returned_rows(result)
     stored_kwargs = dict(kwargs)
@@ -724,7 +762,8 @@ def _observe(toolset: Toolset, principal: Principal, tool: str, kwargs: Mapping[
             except OrmAIError:
                 plan = None
         inputs = {k: v for k, v in kwargs.items() if k != "model"}
-        stored_kwargs = {"model": model, **toolset.redact(plan, inputs)} if "model" in kwargs else toolset.redact(plan, inputs)
+        redacted = toolset.redact(plan, inputs)
+        stored_kwargs = {"model": model, **redacted} if "model" in kwargs else redacted
     has_rows = isinstance(result, (QueryResult, GetResult)) or (isinstance(result, WriteResult) and bool(rows))
     ids = _ids(toolset, model, rows) if error is None and has_rows else None
     return RecordedCall(
@@ -754,7 +793,13 @@ class Recorder:
         self.redact = redact
 
     async def record(
-        self, toolset: Toolset, principal: Principal, tool: str, kwargs: Mapping[str, Any], result: Any, error: BaseException | None
+        self,
+        toolset: Toolset,
+        principal: Principal,
+        tool: str,
+        kwargs: Mapping[str, Any],
+        result: Any,
+        error: BaseException | None,
     ) -> RecordedCall:
         call = _observe(toolset, principal, tool, kwargs, result, error, redact=self.redact)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -902,12 +947,7 @@ async def replay(
             skipped += 1
             continue
         original = call.principal_obj()
-        if as_principal is None:
-            principal = original
-        elif isinstance(as_principal, Principal):
-            principal = as_principal
-        else:
-            principal = as_principal(original)
+        principal = _replay_as(as_principal, original)
         kwargs = {k: v for k, v in call.kwargs.items() if k != "cursor"}
         method: Callable[..., Awaitable[Any]] = getattr(toolset, call.tool)
         result: Any = None
@@ -920,28 +960,42 @@ async def replay(
         inner = toolset.toolset if isinstance(toolset, RecordingToolset) else toolset
         now = _observe(inner, principal, call.tool, kwargs, result, error, redact=False)
         model = kwargs.get("model") if isinstance(kwargs.get("model"), str) else None
-        before, after = _label(call.outcome, call.error_code), _label(now.outcome, now.error_code)
-        if (call.outcome == "success") != (now.outcome == "success"):
-            kind = "allowed→denied" if call.outcome == "success" else "denied→allowed"
-            differences.append(ReplayDifference(index, call.tool, model, kind, before, after))
-        elif call.outcome != "success":
-            if (call.outcome, call.error_code) != (now.outcome, now.error_code):
-                differences.append(ReplayDifference(index, call.tool, model, "outcome_changed", before, after))
-        elif call.ids is not None and now.ids is not None:
-            old = {json.dumps(i, sort_keys=True) for i in call.ids}
-            new = {json.dumps(i, sort_keys=True) for i in now.ids}
-            if old != new:
-                differences.append(
-                    ReplayDifference(
-                        index, call.tool, model, "rows_changed",
-                        f"{len(old)} rows", f"{len(new)} rows",
-                        added_ids=[json.loads(i) for i in sorted(new - old)],
-                        removed_ids=[json.loads(i) for i in sorted(old - new)],
-                    )
-                )  # fmt: skip
-        elif (call.rows_digest, call.row_count) != (now.rows_digest, now.row_count):
-            differences.append(
-                ReplayDifference(index, call.tool, model, "rows_changed", f"{call.row_count} rows", f"{now.row_count} rows")
-            )
+        difference = _difference(index, call, now, model)
+        if difference is not None:
+            differences.append(difference)
     return ReplayReport(replayed, skipped, differences, unreadable)
+
+
+def _replay_as(as_principal: Principal | Callable[[Principal], Principal] | None, original: Principal) -> Principal:
+    if as_principal is None:
+        return original
+    if isinstance(as_principal, Principal):
+        return as_principal
+    return as_principal(original)
+
+
+def _difference(index: int, call: RecordedCall, now: Any, model: str | None) -> ReplayDifference | None:
+    """How the replayed call `now` differs from the recorded `call`, if it does."""
+    before, after = _label(call.outcome, call.error_code), _label(now.outcome, now.error_code)
+    if (call.outcome == "success") != (now.outcome == "success"):
+        kind = "allowed→denied" if call.outcome == "success" else "denied→allowed"
+        return ReplayDifference(index, call.tool, model, kind, before, after)
+    if call.outcome != "success":
+        if (call.outcome, call.error_code) != (now.outcome, now.error_code):
+            return ReplayDifference(index, call.tool, model, "outcome_changed", before, after)
+        return None
+    if call.ids is not None and now.ids is not None:
+        old = {json.dumps(i, sort_keys=True) for i in call.ids}
+        new = {json.dumps(i, sort_keys=True) for i in now.ids}
+        if old == new:
+            return None
+        return ReplayDifference(
+            index, call.tool, model, "rows_changed", f"{len(old)} rows", f"{len(new)} rows",
+            added_ids=[json.loads(i) for i in sorted(new - old)],
+            removed_ids=[json.loads(i) for i in sorted(old - new)],
+        )  # fmt: skip
+    if (call.rows_digest, call.row_count) != (now.rows_digest, now.row_count):
+        was, now_rows = f"{call.row_count} rows", f"{now.row_count} rows"
+        return ReplayDifference(index, call.tool, model, "rows_changed", was, now_rows)
+    return None
 
