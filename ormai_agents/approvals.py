@@ -163,7 +163,9 @@ class ApprovalDecisions:
         """Reject a pending approval; ApprovalError when it is unknown or not pending."""
         return await self._decide(approval_id, ApprovalStatus.Rejected, decided_by, reason)
 
-    async def _decide(self, approval_id: str, new: ApprovalStatus, decided_by: str | None, reason: str | None) -> Approval:
+    async def _decide(
+        self, approval_id: str, new: ApprovalStatus, decided_by: str | None, reason: str | None
+    ) -> Approval:
         store: Any = self
         if not await store.transition(approval_id, ApprovalStatus.Pending, new, decided_by=decided_by, reason=reason):
             raise ApprovalError("No pending approval with that id.")
@@ -172,7 +174,9 @@ class ApprovalDecisions:
         return approval
 
 
-def _apply(approval: Approval, new: ApprovalStatus, decided_by: str | None, reason: str | None, error_code: str | None) -> None:
+def _apply(
+    approval: Approval, new: ApprovalStatus, decided_by: str | None, reason: str | None, error_code: str | None
+) -> None:
     approval.status = new
     if new in (ApprovalStatus.Approved, ApprovalStatus.Rejected):
         approval.decided_at, approval.decided_by, approval.reason = _now(), decided_by, reason
@@ -229,7 +233,9 @@ class SqlApprovalStore(ApprovalDecisions):
     another one. The table is created on first use unless `create_table=False`.
     """
 
-    def __init__(self, engine: Engine | AsyncEngine, *, table_name: str = "ormai_approvals", create_table: bool = True) -> None:
+    def __init__(
+        self, engine: Engine | AsyncEngine, *, table_name: str = "ormai_approvals", create_table: bool = True
+    ) -> None:
         if not isinstance(engine, (Engine, AsyncEngine)):
             raise TypeError("engine must be a SQLAlchemy Engine or AsyncEngine")
         self.engine = engine
@@ -263,10 +269,10 @@ class SqlApprovalStore(ApprovalDecisions):
         if isinstance(self.engine, AsyncEngine):
             async with self.engine.begin() as conn:
                 result = await conn.execute(stmt)
-                return result.rowcount, (result.all() if result.returns_rows else [])
+                return result.rowcount, (list(result.all()) if result.returns_rows else [])
         with self.engine.begin() as sync_conn:
             result = sync_conn.execute(stmt)
-            return result.rowcount, (result.all() if result.returns_rows else [])
+            return result.rowcount, (list(result.all()) if result.returns_rows else [])
 
     async def create_table(self) -> None:
         """Create the approvals table if it does not exist."""
@@ -402,7 +408,9 @@ class ApprovalGate:
             await store.add(approval)
         except Exception:
             log.exception("ormai_agents: could not store an approval request")
-            raise OrmAIError("The change needs approval, but the request could not be recorded. Nothing was written.") from None
+            raise OrmAIError(
+                "The change needs approval, but the request could not be recorded. Nothing was written."
+            ) from None
         return approval.id
 
     async def load(self, approval_id: Any, principal: Principal) -> Approval:
@@ -415,13 +423,16 @@ class ApprovalGate:
             raise ApprovalError(_UNKNOWN)
         if not hmac.compare_digest(approval.signature, self.sign(approval)):
             log.warning("ormai_agents: approval %s failed its signature check", approval_id)
-            raise ApprovalError("That approval record was altered after it was submitted; it can't run. Nothing was written.")
+            raise ApprovalError(
+                "That approval record was altered after it was submitted; it can't run. Nothing was written."
+            )
         if _dumps(approval.principal) != _dumps(principal.to_dict()):
             raise ApprovalError(_UNKNOWN)
         if approval.status is ApprovalStatus.Pending:
             raise ApprovalError("That approval is still waiting for a decision. Nothing was written.")
         if approval.status is ApprovalStatus.Rejected:
-            raise ApprovalError("That change was rejected" + (f": {approval.reason}" if approval.reason else "") + ". Nothing was written.")
+            why = f": {approval.reason}" if approval.reason else ""
+            raise ApprovalError(f"That change was rejected{why}. Nothing was written.")
         if approval.status is not ApprovalStatus.Approved:
             raise ApprovalError("That approval has already been used. Nothing was written.")
         return approval

@@ -33,17 +33,17 @@ from ormai_agents.policy import FieldAction, FieldPolicy, ModelPolicy, Policy, W
 from ormai_agents.toolset import Toolset
 
 __all__ = [
-    "DemoDatabaseError",
-    "is_demo_database",
+    "PRINCIPALS",
     "Base",
+    "DemoDatabaseError",
+    "DemoReport",
     "Order",
     "Tenant",
     "User",
-    "DemoReport",
+    "is_demo_database",
     "run_demo",
     "seed_shop",
     "shop_policy",
-    "PRINCIPALS",
 ]
 
 
@@ -86,7 +86,9 @@ def shop_policy() -> Policy:
     scoped = {"tenant_id": "principal.tenant_id"}
     return Policy(
         models={
-            "Tenant": ModelPolicy(fields={"id": FieldAction.Allow, "name": FieldAction.Allow}, scoping={"id": "principal.tenant_id"}),
+            "Tenant": ModelPolicy(
+                fields={"id": FieldAction.Allow, "name": FieldAction.Allow}, scoping={"id": "principal.tenant_id"}
+            ),
             "User": ModelPolicy(
                 fields={
                     "id": FieldAction.Allow,
@@ -110,7 +112,9 @@ def shop_policy() -> Policy:
                 scoping=scoped,
                 write_policy=WritePolicy(
                     create=WriteAction.Allow,
-                    auto_set={"tenant_id": "principal.tenant_id", "user_id": "principal.user_id", "created_at": "now()"},
+                    auto_set={
+                        "tenant_id": "principal.tenant_id", "user_id": "principal.user_id", "created_at": "now()"
+                    },
                     immutable_fields=["tenant_id", "user_id", "created_at"],
                     required_fields=["status", "total"],
                 ),
@@ -157,16 +161,19 @@ def seed_shop(session: Session) -> None:
 
 def _script(tenant: str, other: str, other_order: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(what the step shows, tool name, arguments) for one tenant's conversation."""
+    pending = [{"field": "status", "op": "eq", "value": "pending"}]
+    spoofed = [{"field": "tenant_id", "op": "eq", "value": other}]
     return [
         ("list pending orders", "query",
-         {"model": "Order", "filters": [{"field": "status", "op": "eq", "value": "pending"}], "select": ["id", "tenant_id", "status", "total"]}),
+         {"model": "Order", "filters": pending, "select": ["id", "tenant_id", "status", "total"]}),
         ("count orders by status", "aggregate", {"model": "Order", "function": "count", "group_by": ["status"]}),
         ("read another tenant's order by id", "get", {"model": "Order", "id": other_order}),
-        ("filter on another tenant's id", "query", {"model": "Order", "filters": [{"field": "tenant_id", "op": "eq", "value": other}]}),
+        ("filter on another tenant's id", "query", {"model": "Order", "filters": spoofed}),
         ("read a denied field", "query", {"model": "User", "select": ["name", "password_hash"]}),
         ("users, with emails masked", "query", {"model": "User", "select": ["id", "name", "email"]}),
         ("create an order (tenant set by the server)", "create_order", {"data": {"status": "pending", "total": 42.5}}),
-        ("create an order for another tenant", "create_order", {"data": {"status": "pending", "total": 1, "tenant_id": other}}),
+        ("create an order for another tenant", "create_order",
+         {"data": {"status": "pending", "total": 1, "tenant_id": other}}),
     ]  # fmt: skip
 
 
@@ -212,7 +219,8 @@ def is_demo_database(path: str | Path) -> bool:
             header = fh.read(100)
     except OSError:
         return False
-    return len(header) == 100 and header[:16] == b"SQLite format 3\x00" and int.from_bytes(header[68:72], "big") == _APPLICATION_ID
+    is_sqlite = len(header) == 100 and header[:16] == b"SQLite format 3\x00"
+    return is_sqlite and int.from_bytes(header[68:72], "big") == _APPLICATION_ID
 
 
 def run_demo(db_path: str | Path | None = None, *, force: bool = False) -> DemoReport:
@@ -268,8 +276,8 @@ def _run(path: Path) -> DemoReport:
             out = agent.invoke({"messages": [("user", "Show me my orders, then place a new one for $42.50.")]})
             results = {m.tool_call_id: m for m in out["messages"] if isinstance(m, ToolMessage)}
             calls = [c for m in out["messages"] if isinstance(m, AIMessage) for c in m.tool_calls]
-            for (label, _, _), call in zip(script, calls):
-                message = results[call["id"]]
+            for (label, _, _), call in zip(script, calls, strict=False):
+                message = results[str(call["id"])]
                 text = message.content if isinstance(message.content, str) else json.dumps(message.content)
                 try:
                     payload: Any = json.loads(text)
@@ -292,7 +300,7 @@ def _rows(payload: Any) -> list[dict[str, Any]]:
         if isinstance(payload.get("data"), dict):
             return [payload["data"]]
         if isinstance(payload.get("groups"), list):
-            return payload["groups"]
+            return list(payload["groups"])
     return []
 
 
@@ -305,19 +313,24 @@ def _checks(report: DemoReport, engine: Any) -> list[tuple[str, bool]]:
         checks.append((f"{tenant}: every row returned has tenant_id {tenant!r} (or no tenant_id)",
                        bool(seen) and all(r.get("tenant_id", tenant) == tenant for r in seen)))  # fmt: skip
         cross = by_label["read another tenant's order by id"]
-        checks.append((f"{tenant}: the other tenant's order is 'not found'", not cross.ok and "not_found" in json.dumps(cross.result)))
+        checks.append((f"{tenant}: the other tenant's order is 'not found'",
+                       not cross.ok and "not_found" in json.dumps(cross.result)))  # fmt: skip
         spoof = by_label["filter on another tenant's id"]
-        checks.append((f"{tenant}: filtering on the other tenant's id returns no rows", spoof.ok and _rows(spoof.result) == []))
+        checks.append((f"{tenant}: filtering on the other tenant's id returns no rows",
+                       spoof.ok and _rows(spoof.result) == []))  # fmt: skip
         denied = by_label["read a denied field"]
         checks.append((f"{tenant}: password_hash is refused, and not named in the error",
                        not denied.ok and "password_hash" not in json.dumps(denied.result)))  # fmt: skip
         emails = [r.get("email", "") for r in _rows(by_label["users, with emails masked"].result)]
-        checks.append((f"{tenant}: emails come back masked", bool(emails) and all(e.startswith("****") for e in emails)))
+        masked = bool(emails) and all(e.startswith("****") for e in emails)
+        checks.append((f"{tenant}: emails come back masked", masked))
         made = by_label["create an order (tenant set by the server)"]
-        checks.append((f"{tenant}: the created order has tenant_id {tenant!r}", made.ok and _rows(made.result)[0].get("tenant_id") == tenant))
-        checks.append((f"{tenant}: a create naming another tenant is refused", not by_label["create an order for another tenant"].ok))
+        checks.append((f"{tenant}: the created order has tenant_id {tenant!r}",
+                       made.ok and _rows(made.result)[0].get("tenant_id") == tenant))  # fmt: skip
+        refused = not by_label["create an order for another tenant"].ok
+        checks.append((f"{tenant}: a create naming another tenant is refused", refused))
     with Session(engine) as session:
-        counts = dict(session.execute(select(Order.tenant_id, func.count()).group_by(Order.tenant_id)).all())  # type: ignore[arg-type]
+        counts = dict(session.execute(select(Order.tenant_id, func.count()).group_by(Order.tenant_id)).all())
     checks.append(("database: one new order per tenant, none misplaced", counts == {"acme": 6, "globex": 6}))
     tenants = {r.tenant_id for r in report.audit}
     checks.append(("audit: one record per tool call, each with its tenant's scope",

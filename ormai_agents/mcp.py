@@ -68,7 +68,7 @@ __all__ = ["OrmAIMCPServer", "PrincipalResolver", "create_server"]
 
 log = logging.getLogger("ormai_agents")
 
-PrincipalResolver = Callable[[str], Principal | None | Awaitable[Principal | None]]
+PrincipalResolver = Callable[[str], Principal | Awaitable[Principal | None] | None]
 """The host's function from a bearer token to the principal it stands for (None: not valid)."""
 
 _INSTRUCTIONS = (
@@ -92,6 +92,14 @@ class _PrincipalToken(AccessToken):
 
     _principal: Principal = PrivateAttr()
 
+    def __init__(self, principal: Principal, **fields: Any) -> None:
+        super().__init__(**fields)
+        self._principal = principal
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
 
 class _TokenVerifier:
     """The SDK's `TokenVerifier`: a bearer token is valid when the host's resolver maps it to a Principal."""
@@ -112,9 +120,7 @@ class _TokenVerifier:
         # The client id names the credential, so the SDK binds each MCP session to the token
         # that opened it; the token itself is not kept.
         digest = hashlib.sha256(token.encode()).hexdigest()[:32]
-        access = _PrincipalToken(token="<redacted>", client_id=f"ormai-token-{digest}", scopes=[])
-        access._principal = principal
-        return access
+        return _PrincipalToken(principal, token="<redacted>", client_id=f"ormai-token-{digest}", scopes=[])
 
 
 def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
@@ -170,7 +176,7 @@ class OrmAIMCPServer(Server[Any, Any]):
             types.Tool(name=s.name, description=s.description, inputSchema=s.parameters, annotations=_annotations(s))
             for s in self._specs.values()
         ]
-        self.list_tools()(self._list_tools)
+        self.list_tools()(self._list_tools)  # type: ignore[no-untyped-call]  # the SDK's decorator is untyped
         # Our handler takes every call as sent, whatever its name and arguments: the toolset
         # validates and audits it. (The SDK's `call_tool` handler checks the arguments against the
         # schema first and answers with its own text, echoing the model's input, unaudited.)
@@ -202,7 +208,9 @@ class OrmAIMCPServer(Server[Any, Any]):
         principal resolver accepts; others get 401. `security` sets the SDK's Host/Origin checks
         (DNS-rebinding protection; `serve_http` sets them for loopback addresses)."""
         if self.principal_resolver is None:
-            raise HostError("streamable HTTP resolves the principal per request: create the server with principal_resolver=")
+            raise HostError(
+                "streamable HTTP resolves the principal per request: create the server with principal_resolver="
+            )
         manager = StreamableHTTPSessionManager(app=self, json_response=json_response, security_settings=security)
 
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
@@ -216,7 +224,9 @@ class OrmAIMCPServer(Server[Any, Any]):
         return Starlette(
             routes=[Route(path, endpoint=RequireAuthMiddleware(handle, required_scopes=[]))],
             middleware=[
-                Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(_TokenVerifier(self.principal_resolver))),
+                Middleware(
+                    AuthenticationMiddleware, backend=BearerAuthBackend(_TokenVerifier(self.principal_resolver))
+                ),
                 Middleware(AuthContextMiddleware),
             ],
             lifespan=lifespan,
@@ -269,7 +279,7 @@ class OrmAIMCPServer(Server[Any, Any]):
         scope = getattr(request, "scope", None)
         user = scope.get("user") if isinstance(scope, dict) else None
         token = getattr(user, "access_token", None)
-        return token._principal if isinstance(token, _PrincipalToken) else None
+        return token.principal if isinstance(token, _PrincipalToken) else None
 
     async def _ask(self, spec: ToolSpec, principal: Principal | None, arguments: Any) -> Decision | None:
         """For a write that needs approval: ask the person at the client through elicitation,
