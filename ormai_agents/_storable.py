@@ -76,9 +76,8 @@ def clean(value: Any, secret: Callable[[str], bool] | None = None, budget: int =
         return value
     elif kind is list and not value:
         return []
-    elif kind is list and all(type(v) is str and len(v) <= MAX_TEXT and v.isascii() and "\x00" not in v for v in value):
-        if len(value) <= MAX_ITEMS:
-            return list(value)
+    elif kind is list and len(value) <= MAX_ITEMS and all(_plain_text(v) for v in value):
+        return list(value)
     return _clean(value, secret, 0, [budget])
 
 
@@ -101,35 +100,46 @@ def _clean(value: Any, secret: Callable[[str], bool] | None, depth: int, budget:
         budget[0] -= 1
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        if depth >= MAX_DEPTH:
-            return _TOO_DEEP
-        out_map: dict[str, Any] = {}
-        try:
-            items = list(value.items())
-        except Exception:  # noqa: BLE001 - a host's odd mapping: record that there was one
-            return f"<{type(value).__name__}>"
-        for count, (key, item) in enumerate(items):
-            if count >= MAX_ITEMS or budget[0] <= 0:
-                out_map[TRUNCATED] = f"[TRUNCATED: {len(items) - count} more keys]"
-                break
-            name = key if type(key) is str else _key_text(key)
-            stored = clean_text(name, MAX_KEY) if len(name) > MAX_KEY or not name.isascii() or "\x00" in name else name
-            budget[0] -= len(stored) + 1
-            out_map[stored] = REDACTED if secret is not None and secret(name) else _clean(item, secret, depth + 1, budget)
-        return out_map
+        return _TOO_DEEP if depth >= MAX_DEPTH else _clean_mapping(value, secret, depth, budget)
     if isinstance(value, (list, tuple, set, frozenset)):
-        if depth >= MAX_DEPTH:
-            return _TOO_DEEP
-        out_list: list[Any] = []
-        total = len(value)
-        for item in value:
-            if len(out_list) >= MAX_ITEMS or budget[0] <= 0:
-                out_list.append(f"[TRUNCATED: {total - len(out_list)} more items]")
-                break
-            budget[0] -= 1
-            out_list.append(_clean(item, secret, depth + 1, budget))
-        return out_list
+        return _TOO_DEEP if depth >= MAX_DEPTH else _clean_items(value, secret, depth, budget)
     return _clean(_plain(value), secret, depth, budget) if isinstance(value, (Enum, Decimal)) else _other(value, budget)
+
+
+def _plain_text(v: Any) -> bool:
+    return type(v) is str and len(v) <= MAX_TEXT and v.isascii() and "\x00" not in v
+
+
+def _clean_mapping(
+    value: Mapping[Any, Any], secret: Callable[[str], bool] | None, depth: int, budget: list[int]
+) -> Any:
+    out_map: dict[str, Any] = {}
+    try:
+        items = list(value.items())
+    except Exception:  # noqa: BLE001 - a host's odd mapping: record that there was one
+        return f"<{type(value).__name__}>"
+    for count, (key, item) in enumerate(items):
+        if count >= MAX_ITEMS or budget[0] <= 0:
+            out_map[TRUNCATED] = f"[TRUNCATED: {len(items) - count} more keys]"
+            break
+        name = key if type(key) is str else _key_text(key)
+        plain = len(name) <= MAX_KEY and name.isascii() and "\x00" not in name
+        stored = name if plain else clean_text(name, MAX_KEY)
+        budget[0] -= len(stored) + 1
+        out_map[stored] = REDACTED if secret is not None and secret(name) else _clean(item, secret, depth + 1, budget)
+    return out_map
+
+
+def _clean_items(value: Any, secret: Callable[[str], bool] | None, depth: int, budget: list[int]) -> list[Any]:
+    out_list: list[Any] = []
+    total = len(value)
+    for item in value:
+        if len(out_list) >= MAX_ITEMS or budget[0] <= 0:
+            out_list.append(f"[TRUNCATED: {total - len(out_list)} more items]")
+            break
+        budget[0] -= 1
+        out_list.append(_clean(item, secret, depth + 1, budget))
+    return out_list
 
 
 def _plain(value: Enum | Decimal) -> Any:
