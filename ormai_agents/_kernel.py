@@ -122,7 +122,9 @@ class ToolRunner:
                 ctx = RunContext(principal, db)
                 return await self.toolset.write_target_exists(ctx, spec.model or "", spec.method, call)
         except Exception:
-            log.debug("ormai_agents: could not check the target of %s before asking for approval", spec.name, exc_info=True)
+            log.debug(
+                "ormai_agents: could not check the target of %s before asking for approval", spec.name, exc_info=True
+            )
             return False
 
     async def call(

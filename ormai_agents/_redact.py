@@ -43,37 +43,43 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: S
         # Key-pattern redaction at every depth of an allowed value, bounded and storable.
         return _clean(value, secret_key, 2, budget)
 
-    out: dict[str, Any] = {}
-    for key, value in inputs.items():
-        if value is None:
-            continue
+    def redact(key: str, value: Any) -> Any:
         if key == "filters":
-            items = value if isinstance(value, list) else [value]
-            kept = [_redact_filter(f, plain, scrub) for f in items[:MAX_ITEMS]]
-            if len(items) > MAX_ITEMS:
-                kept.append(f"[TRUNCATED: {len(items) - MAX_ITEMS} more items]")
-            out[key] = kept
-        elif key == "data":
-            if isinstance(value, Mapping):
-                data = {}
-                for k, v in list(value.items())[:MAX_ITEMS]:
-                    name = clean_text(k, MAX_KEY) if type(k) is str else clean(k)
-                    data[name if type(name) is str else str(name)] = scrub(v) if plain(k) else REDACTED
-                if len(value) > MAX_ITEMS:
-                    data[TRUNCATED] = f"[TRUNCATED: {len(value) - MAX_ITEMS} more keys]"
-                out[key] = data
-            else:
-                out[key] = REDACTED
-        elif key == "id":
-            pk_plain = plan is not None and bool(plan.pk) and all(f is not None and f.plain for f in plan.pk)
-            out[key] = scrub(value) if pk_plain else REDACTED
-        elif key == "cursor":
-            out[key] = "<cursor>"
-        elif secret_key(key):
-            out[key] = REDACTED
-        else:
-            out[key] = scrub(value)
-    return out
+            return _redact_filters(value, plain, scrub)
+        if key == "data":
+            return _redact_data(value, plain, scrub) if isinstance(value, Mapping) else REDACTED
+        if key == "id":
+            return scrub(value) if _pk_plain(plan) else REDACTED
+        if key == "cursor":
+            return "<cursor>"
+        return REDACTED if secret_key(key) else scrub(value)
+
+    return {key: redact(key, value) for key, value in inputs.items() if value is not None}
+
+
+def _pk_plain(plan: ModelPlan | None) -> bool:
+    """Whether every primary-key field is plainly readable (so an `id` may be logged)."""
+    return plan is not None and bool(plan.pk) and all(f is not None and f.plain for f in plan.pk)
+
+
+def _redact_filters(value: Any, plain: Callable[[Any], bool], scrub: Callable[[Any], Any]) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    kept = [_redact_filter(f, plain, scrub) for f in items[:MAX_ITEMS]]
+    if len(items) > MAX_ITEMS:
+        kept.append(f"[TRUNCATED: {len(items) - MAX_ITEMS} more items]")
+    return kept
+
+
+def _redact_data(
+    value: Mapping[Any, Any], plain: Callable[[Any], bool], scrub: Callable[[Any], Any]
+) -> dict[str, Any]:
+    data = {}
+    for k, v in list(value.items())[:MAX_ITEMS]:
+        name = clean_text(k, MAX_KEY) if type(k) is str else clean(k)
+        data[name if type(name) is str else str(name)] = scrub(v) if plain(k) else REDACTED
+    if len(value) > MAX_ITEMS:
+        data[TRUNCATED] = f"[TRUNCATED: {len(value) - MAX_ITEMS} more keys]"
+    return data
 
 
 def redact_snapshot(row: Mapping[str, Any] | None, patterns: Sequence[str]) -> dict[str, Any] | None:

@@ -81,59 +81,85 @@ async def assert_tenant_isolation(
     names = list(models) if models is not None else toolset.model_names
     for model in names:
         plan = toolset.plan(model)
-        pk_names = [info.name if info is not None and info.plain else None for info in plan.pk]
-        keyed = None not in pk_names
-        seen: dict[Principal, set[tuple[Any, ...]]] = {}
-        for principal in principals:
-            ctx = RunContext(principal, db)
-            ids: set[tuple[Any, ...]] = set()
-            count = 0
-            cursor = None
-            complete = False
-            for _ in range(max_pages):
-                kwargs: dict[str, Any] = {"model": model, "limit": plan.max_rows}
-                if cursor is not None:
-                    kwargs["cursor"] = cursor
-                result = await harness.run(ctx, tool="query", kwargs=kwargs, invariants=checks)
-                report.calls += 1
-                report.violations += [f"{_label(principal)} query {model}: {v}" for v in result.violations]
-                if result.error is not None:
-                    complete = True  # refused (e.g. no tenant): nothing seen, nothing to compare
-                    break
-                rows = result.result.rows
-                count += len(rows)
-                if keyed:
-                    ids.update(tuple(r[n] for n in pk_names) for r in rows)
-                cursor = result.result.next_cursor
-                if cursor is None:
-                    complete = True
-                    break
-            report.rows_seen[(_label(principal), model)] = count
-            seen[principal] = ids
-            if complete and count:
-                agg = await harness.run(ctx, tool="aggregate", kwargs={"model": model, "function": "count"})
-                report.calls += 1
-                value = getattr(agg.result, "value", None)
-                if agg.error is None and value != count:
-                    report.violations.append(
-                        f"{_label(principal)} aggregate {model}: count is {value} but query returned {count} rows"
-                    )
-        if not keyed:
-            continue
-        for principal in principals:
-            ctx = RunContext(principal, db)
-            others = set().union(*(ids for p, ids in seen.items() if p != principal)) - seen[principal]
-            for key in sorted(others, key=repr)[:probes]:
-                ident: Any = key[0] if len(key) == 1 else dict(zip(pk_names, key, strict=False))
-                got = await harness.run(ctx, tool="get", kwargs={"model": model, "id": ident}, invariants=checks)
-                report.calls += 1
-                if got.error is None:
-                    report.violations.append(
-                        f"{_label(principal)} get {model} id={ident!r}: read a row only another principal sees"
-                    )
-                report.violations += [f"{_label(principal)} get {model}: {v}" for v in got.violations]
+        pk_names = [info.name for info in plan.pk if info is not None and info.plain]
+        keyed = len(pk_names) == len(plan.pk)
+        run = _Run(harness, db, model, checks, report)
+        seen = {p: await run.read_all(p, plan.max_rows, pk_names if keyed else None, max_pages) for p in principals}
+        if keyed:
+            for principal in principals:
+                await run.probe_others(principal, pk_names, seen, probes)
     if not any(report.rows_seen.values()):
         report.violations.append("no principal saw any row: seed data for each tenant, or the test proves nothing")
     if report.violations:
         raise AssertionError(report.summary())
     return report
+
+
+@dataclass
+class _Run:
+    """One model's isolation check: the calls made, their findings added to `report`."""
+
+    harness: EvalHarness
+    db: Any
+    model: str
+    checks: list[Any]
+    report: IsolationReport
+
+    async def read_all(
+        self, principal: Principal, limit: int, pk_names: list[str] | None, max_pages: int
+    ) -> set[tuple[Any, ...]]:
+        """Page through every row the principal sees; the ids seen (when the key is readable).
+        When the pages end, `aggregate count` must agree with the rows returned."""
+        ctx = RunContext(principal, self.db)
+        ids: set[tuple[Any, ...]] = set()
+        count = 0
+        cursor = None
+        complete = False
+        for _ in range(max_pages):
+            kwargs: dict[str, Any] = {"model": self.model, "limit": limit}
+            if cursor is not None:
+                kwargs["cursor"] = cursor
+            result = await self.harness.run(ctx, tool="query", kwargs=kwargs, invariants=self.checks)
+            self.report.calls += 1
+            self.report.violations += [f"{_label(principal)} query {self.model}: {v}" for v in result.violations]
+            if result.error is not None:
+                complete = True  # refused (e.g. no tenant): nothing seen, nothing to compare
+                break
+            rows = result.result.rows
+            count += len(rows)
+            if pk_names is not None:
+                ids.update(tuple(r[n] for n in pk_names) for r in rows)
+            cursor = result.result.next_cursor
+            if cursor is None:
+                complete = True
+                break
+        self.report.rows_seen[(_label(principal), self.model)] = count
+        if complete and count:
+            await self._count_agrees(ctx, count)
+        return ids
+
+    async def _count_agrees(self, ctx: RunContext, count: int) -> None:
+        agg = await self.harness.run(ctx, tool="aggregate", kwargs={"model": self.model, "function": "count"})
+        self.report.calls += 1
+        value = getattr(agg.result, "value", None)
+        if agg.error is None and value != count:
+            self.report.violations.append(
+                f"{_label(ctx.principal)} aggregate {self.model}: count is {value} but query returned {count} rows"
+            )
+
+    async def probe_others(
+        self, principal: Principal, pk_names: list[str], seen: dict[Principal, set[tuple[Any, ...]]], probes: int
+    ) -> None:
+        """`get` a few rows only other principals saw: each must be not found."""
+        ctx = RunContext(principal, self.db)
+        others = set().union(*(ids for p, ids in seen.items() if p != principal)) - seen[principal]
+        for key in sorted(others, key=repr)[:probes]:
+            ident: Any = key[0] if len(key) == 1 else dict(zip(pk_names, key, strict=False))
+            kwargs = {"model": self.model, "id": ident}
+            got = await self.harness.run(ctx, tool="get", kwargs=kwargs, invariants=self.checks)
+            self.report.calls += 1
+            if got.error is None:
+                self.report.violations.append(
+                    f"{_label(principal)} get {self.model} id={ident!r}: read a row only another principal sees"
+                )
+            self.report.violations += [f"{_label(principal)} get {self.model}: {v}" for v in got.violations]
