@@ -1,6 +1,6 @@
 """Toolset calls against raw SQLAlchemy Core, interleaved on the same connection.
 
-    python -m benchmarks.perf                       # SQLite and PostgreSQL (if reachable)
+    python -m benchmarks.perf                       # SQLite, PostgreSQL and MariaDB (if reachable)
     python -m benchmarks.perf --backends sqlite --audit off,memory,sql -n 3000
     python -m benchmarks.perf --scale               # per-call cost at 10k, 100k and 1M rows
     python -m benchmarks.perf --backends none --concurrency   # 32 concurrent async calls, PostgreSQL
@@ -35,6 +35,7 @@ DATA = Path(__file__).with_name(".data")
 TENANTS = ("t0", "t1", "t2")
 STATUSES = ("pending", "shipped", "cancelled")
 PG_URL = os.environ.get("ORMAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("ORMAI_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 class Base(DeclarativeBase):
@@ -87,6 +88,8 @@ def seed(engine: Engine, per_tenant: int) -> None:
             # Rows were inserted with explicit ids: move the id sequence past them.
             conn.execute(text("SELECT setval(pg_get_serial_sequence('orders', 'id'), (SELECT max(id) FROM orders))"))
             conn.execute(text("ANALYZE orders"))
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            conn.execute(text("ANALYZE TABLE orders"))
 
 
 def sqlite_engine(per_tenant: int) -> Engine:
@@ -112,6 +115,28 @@ def pg_engine(per_tenant: int) -> Engine | None:
         print(f"postgres: skipped ({type(exc).__name__})")
         return None
     engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    if not _has_rows(engine, per_tenant):
+        seed(engine, per_tenant)
+    return engine
+
+
+def mysql_engine(per_tenant: int) -> Engine | None:
+    """MariaDB/MySQL through PyMySQL, in a database of its own with the server's usual collation
+    (utf8mb4_general_ci, which folds: the toolset's exact scope comparison is part of the cost)."""
+    from sqlalchemy import make_url
+
+    url = make_url(MYSQL_URL)
+    url = url.set(drivername=f"{url.get_backend_name()}+pymysql")
+    database = f"ormai_bench_{per_tenant}"
+    try:
+        admin = create_engine(url)
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+        admin.dispose()
+    except Exception as exc:  # noqa: BLE001
+        print(f"mysql: skipped ({type(exc).__name__})")
+        return None
+    engine = create_engine(url.set(database=database))
     if not _has_rows(engine, per_tenant):
         seed(engine, per_tenant)
     return engine
@@ -322,7 +347,7 @@ async def scale(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--backends", default="sqlite,postgres,mysql")
     parser.add_argument("--audit", default="off,memory")
     parser.add_argument("--ops", default="", help="comma-separated subset of query50,get,count,group_sum,create,update")
     parser.add_argument("-n", type=int, default=2000, help="pairs per operation")
@@ -335,9 +360,10 @@ def main() -> None:
 
     async def run() -> None:
         for backend in args.backends.split(","):
-            if backend not in ("sqlite", "postgres"):
+            makers = {"sqlite": sqlite_engine, "postgres": pg_engine, "mysql": mysql_engine}
+            if backend not in makers:
                 continue
-            engine = sqlite_engine(args.per_tenant) if backend == "sqlite" else pg_engine(args.per_tenant)
+            engine = makers[backend](args.per_tenant)
             if engine is None:
                 continue
             await run_backend(backend, engine, audits, args.n, ops)

@@ -23,6 +23,12 @@ reflects the database with SQLAlchemy's `inspect` and reports:
   still referred to by rows its tenant can't see fails with `constraint_violation`.
 - `unmappable-table`: a table without a primary key (reflected mode only).
 - `policy-error`: the Toolset refuses the policy (the message says why).
+- `scope-collation` (warning): a scoping column whose collation folds case, accents or trailing
+  spaces (MySQL's and MariaDB's defaults; SQLite's NOCASE and RTRIM). The toolset still matches
+  the principal exactly, but the index lookup reads every look-alike tenant's rows, and the
+  application's own queries and unique keys treat `ACME`, `acme` and `acme ` as one tenant.
+- `no-row-level-security` (warning, MySQL and MariaDB): the database has no row-level security,
+  so the toolset's scoping is the only barrier between tenants there.
 
 Without `models`, each policy model name is matched to a reflected table: an explicit entry in
 `tables` ({"Order": "sales_orders"}) first, then the name as is, lower-cased, snake_case, and
@@ -33,15 +39,20 @@ Field names are then column names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Boolean, MetaData, Table, inspect
+from sqlalchemy import Boolean, MetaData, Table, func, inspect
+from sqlalchemy import column as sql_column
+from sqlalchemy import select as sql_select
+from sqlalchemy import table as sql_table
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, class_mapper
 
 from ormai_agents._conditions import BoolOp, Column, Compare, ConditionSyntaxError, In, Node, Ref, columns_used, parse_condition
+from ormai_agents._dialects import capabilities
 from ormai_agents._errors import PolicyError
 from ormai_agents._plan import _mapped_classes
 from ormai_agents._toolspecs import snake
@@ -199,6 +210,8 @@ def lint_policy(
                     )
         findings += _check_model(view, db_columns, inspector)
     findings += _cross_scope_references(policy, by_name)
+
+    findings += _database_findings(views, bind)
 
     if not any(f.code in ("unknown-model", "unknown-field", "bad-condition") for f in findings):
         from ormai_agents.toolset import Toolset
@@ -361,6 +374,99 @@ def _cross_scope_references(policy: Policy, classes: Mapping[str, Any]) -> list[
                         f"{tname} as a unique key, referenced together with {name}'s own scoping column",
                         "warning")  # fmt: skip
             )
+    return out
+
+
+_EXACT_COLLATIONS = {"mariadb": "utf8mb4_nopad_bin", "mysql": "utf8mb4_0900_bin"}
+_COLUMNS = sql_table(
+    "COLUMNS", sql_column("TABLE_SCHEMA"), sql_column("TABLE_NAME"), sql_column("COLUMN_NAME"),
+    sql_column("COLLATION_NAME"), schema="information_schema",
+)  # fmt: skip
+
+
+def _database_findings(views: list[_View], bind: Engine | Connection) -> list[Finding]:
+    """What the database adds to the policy: collations that fold on scoping columns, no RLS."""
+    caps = capabilities(bind.dialect)
+    out: list[Finding] = []
+    if caps.name in ("mysql", "mariadb"):
+        out.append(
+            Finding("no-row-level-security", None,
+                    f"{caps.name} has no row-level security: the toolset's scoping is the only barrier between "
+                    "tenants in this database (a raw query or another service sees every tenant)",
+                    "connect the agents as a database user granted only the tables and operations the policy "
+                    "allows; PostgreSQL adds row-level security (ormai-agents rls)", "warning")  # fmt: skip
+        )
+    for view in views:
+        scoped = [view.columns[a] for a in view.policy.scoping if a in view.columns]
+        if not view.policy.allowed or not scoped:
+            continue
+        collations = _collations(bind, view)
+        for col in scoped:
+            collation = collations.get(col)
+            folds = _folds(caps.name, collation)
+            if not folds:
+                continue
+            exact = _EXACT_COLLATIONS.get(caps.name)
+            fix = (
+                f"give {view.table}.{col} a binary, NO PAD collation: COLLATE {exact} "
+                f"(String(n, collation=\"{exact}\") on the mapped column)"
+                if exact else f"declare {view.table}.{col} without {collation}"
+            )
+            out.append(
+                Finding("scope-collation", view.name,
+                        f"scoping column {view.table}.{col} has collation {collation}, which folds {' and '.join(folds)}: "
+                        "the toolset still matches the principal exactly, but its index lookup also reads every "
+                        "look-alike tenant's rows, and the application's own queries and unique keys treat "
+                        "'ACME', 'acme' and 'acme ' as one tenant", fix, "warning")  # fmt: skip
+            )
+    return out
+
+
+def _collations(bind: Engine | Connection, view: _View) -> dict[str, str | None]:
+    """Column name -> collation name, as the database reports it (None: the binary default)."""
+    if bind.dialect.name in ("mysql", "mariadb"):
+        schema = view.schema if view.schema is not None else func.database()
+        stmt = sql_select(_COLUMNS.c.COLUMN_NAME, _COLUMNS.c.COLLATION_NAME).where(
+            _COLUMNS.c.TABLE_SCHEMA == schema, _COLUMNS.c.TABLE_NAME == view.table
+        )
+        if isinstance(bind, Engine):
+            with bind.connect() as conn:
+                return {str(r[0]): r[1] for r in conn.execute(stmt)}
+        return {str(r[0]): r[1] for r in bind.execute(stmt)}
+    if bind.dialect.name == "sqlite":
+        # SQLite's reflection leaves collations out: read them from the table's CREATE statement.
+        master = sql_table("sqlite_master", sql_column("name"), sql_column("sql"))
+        stmt = sql_select(master.c.sql).where(master.c.name == view.table)
+        if isinstance(bind, Engine):
+            with bind.connect() as conn:
+                ddl = conn.execute(stmt).scalar() or ""
+        else:
+            ddl = bind.execute(stmt).scalar() or ""
+        out: dict[str, str | None] = {}
+        for col in view.columns.values():
+            m = re.search(rf"""(?:^|[,(])\s*["`\[]?{re.escape(col)}["`\]]?\s[^,]*?\bCOLLATE\s+["`]?(\w+)""", ddl, re.I)
+            out[col] = m.group(1) if m else None
+        return out
+    return {c["name"]: getattr(c["type"], "collation", None) for c in inspect(bind).get_columns(view.table, schema=view.schema)}
+
+
+def _folds(dialect: str, collation: str | None) -> list[str]:
+    """What a collation folds, by its name (MySQL and MariaDB name what they fold: _ci, _ai,
+    _as, _bin; NO PAD collations are MariaDB's *_nopad_* and MySQL 8's *_0900_*)."""
+    if not collation:
+        return []
+    name = collation.lower()
+    if dialect == "sqlite":
+        return {"nocase": ["case"], "rtrim": ["trailing spaces"]}.get(name, [])
+    if dialect not in ("mysql", "mariadb"):
+        return []
+    out = []
+    if "_ci" in name:
+        out.append("case")
+    if "_ai" in name or ("_ci" in name and "_as" not in name):
+        out.append("accents")
+    if name != "binary" and "_nopad_" not in name and "_0900_" not in name:
+        out.append("trailing spaces (PAD SPACE)")
     return out
 
 
