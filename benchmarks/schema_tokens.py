@@ -25,6 +25,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import random
 import statistics
 import time
 from decimal import Decimal
@@ -202,6 +203,113 @@ def token_table() -> None:
             print(" | ".join(cells))
 
 
+# --- results ---------------------------------------------------------------------------------
+
+
+class ResultBase(DeclarativeBase):
+    pass
+
+
+class ShopOrder(ResultBase):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    customer_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    total: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+RESULT_COLUMNS = ["id", "tenant_id", "customer_id", "status", "total", "created_at"]
+
+
+def result_engine(path: Path) -> Any:
+    """3 tenants x 60 orders in a SQLite file, the same every run."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(f"sqlite:///{path}")
+    ResultBase.metadata.create_all(engine)
+    rng = random.Random(15)
+    base = dt.datetime(2026, 3, 1, 9, 0, 0)
+    rows = []
+    for i in range(180):
+        rows.append(
+            ShopOrder(
+                id=i + 1,
+                tenant_id=("acme-corp", "globex", "initech")[i % 3],
+                customer_id=rng.randint(1, 40),
+                status=rng.choice(["pending", "paid", "shipped", "cancelled", "refunded"]),
+                total=Decimal(rng.randint(500, 99_999)) / 100,
+                created_at=base + dt.timedelta(minutes=rng.randint(0, 60 * 24 * 90), seconds=rng.randint(0, 59)),
+            )
+        )
+    with Session(engine) as session:
+        session.add_all(rows)
+        session.commit()
+    return engine
+
+
+def result_table() -> None:
+    """One 50-row page of six columns: our tool's text against LangChain's SQL database tool's."""
+    import tempfile
+    import warnings
+
+    from sqlalchemy.orm import sessionmaker
+
+    from ormai_agents._toolspecs import jsonable
+    from ormai_agents.langchain import OrmAIToolkit
+
+    count, source = counters()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # langchain-community announces its own sunset
+            from langchain_community.tools.sql_database.tool import QuerySQLDatabaseTool
+            from langchain_community.utilities import SQLDatabase
+    except ImportError:
+        print("\nresults: skipped (pip install langchain-community for LangChain's SQLDatabase tool)")
+        return
+    policy = Policy(
+        models={
+            "ShopOrder": ModelPolicy(
+                fields=dict.fromkeys(RESULT_COLUMNS, FieldAction.Allow), scoping={"tenant_id": "principal.tenant_id"}
+            )
+        }
+    )
+    toolset = Toolset([ShopOrder], policy, secret_key=b"b" * 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = result_engine(Path(tmp) / "orders.db")
+        cases = [("6 columns (tenant_id among them)", RESULT_COLUMNS), ("5 columns (no tenant_id)", RESULT_COLUMNS[:1] + RESULT_COLUMNS[2:])]
+        print(f"\nresults: one page of 50 orders of one tenant; token counts: {source}\n")
+        heads = ["selection", "output", "chars"] + [f"tokens {n}" for n in count] + ["x SQLDatabase (o200k_base)"]
+        print(" | ".join(heads))
+        print(" | ".join("---" for _ in heads))
+        for label, columns in cases:
+            sql = f"SELECT {', '.join(columns)} FROM orders WHERE tenant_id = 'acme-corp' ORDER BY id LIMIT 50"
+            theirs = QuerySQLDatabaseTool(db=SQLDatabase(engine)).invoke(sql)
+            outputs = [("LangChain SQLDatabase tool", theirs)]
+            for layout in ("generic", "per_model"):
+                tools = {t.name: t for t in OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(engine), layout=layout).get_tools(PRINCIPAL)}  # type: ignore[arg-type]
+                args: dict[str, Any] = {"select": columns, "limit": 50}
+                tool = tools["query"] if layout == "generic" else tools["query_shop_order"]
+                if layout == "generic":
+                    args["model"] = "ShopOrder"
+                text = tool.invoke(args)
+                assert len(json.loads(text)["rows"]) == 50
+                outputs.append((f"ormai-agents query ({layout})", text))
+            page = json.loads(outputs[1][1])
+            records = [{**page.get("same_for_all_rows", {}), **dict(zip(page["columns"], r))} for r in page["rows"]]
+            before = json.dumps(jsonable({"rows": records, "next_cursor": page.get("next_cursor")}), ensure_ascii=False, separators=(",", ":"))
+            outputs.append(("ormai-agents, records as objects (before)", before))
+            first = next(iter(count.values()))
+            reference = first(theirs)
+            for name, text in outputs:
+                cells = [label, name, str(len(text))] + [str(fn(text)) for fn in count.values()]
+                cells.append(f"{first(text) / reference:.2f}")
+                print(" | ".join(cells))
+        engine.dispose()
+
+
 def get_tools_timing(n: int = 200, repeat: int = 200) -> None:
     from sqlalchemy.orm import sessionmaker
 
@@ -231,6 +339,7 @@ def main() -> None:
     parser.add_argument("--get-tools", action="store_true", help="also time get_tools(principal) on 200 models")
     args = parser.parse_args()
     token_table()
+    result_table()
     if args.get_tools:
         get_tools_timing()
 

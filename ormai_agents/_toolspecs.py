@@ -39,7 +39,8 @@ import re
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
@@ -93,7 +94,9 @@ def _strict_ready(schema: dict[str, Any], cls: Any = None) -> None:
 class ToolArguments(BaseModel):
     """Base of the argument models generated for each tool (closed: unknown keys are refused)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_strict_ready)
+    # Built on first use: a toolkit of hundreds of tools is made in milliseconds, and a tool's
+    # schema is generated when a framework first asks for it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_strict_ready, defer_build=True)
 
 
 def _typed(pytype: Any, schema: dict[str, Any]) -> Any:
@@ -102,8 +105,10 @@ def _typed(pytype: Any, schema: dict[str, Any]) -> Any:
 
 
 def _enum(values: Sequence[Any]) -> Any:
-    # An explicit enum, even for one value: converters drop `const`.
-    return _typed(Literal.__getitem__(tuple(values)), {"type": "string", "enum": list(values)})
+    # An explicit enum, even for one value (converters drop `const`). A text in Python, not a
+    # Literal: typing re-checks a Literal's members on every model built, which made toolkits of
+    # hundreds of models slow to build; the toolset checks the names anyway.
+    return _typed(str, {"type": "string", "enum": list(values)})
 
 
 def _list_of(item: Any) -> Any:
@@ -138,7 +143,8 @@ def _camel(name: str) -> str:
 _VALUE = float | bool | str | list[float | str]
 
 
-def _filter_model(fields: list[str]) -> type[ToolArguments]:
+@lru_cache(maxsize=1024)
+def _filter_model(fields: tuple[str, ...]) -> type[ToolArguments]:
     return _model(
         "Filter",
         {
@@ -150,7 +156,7 @@ def _filter_model(fields: list[str]) -> type[ToolArguments]:
 
 
 def _filters_field(fields: list[str], required: bool = False) -> tuple[Any, Any]:
-    model = _filter_model(fields)
+    model = _filter_model(tuple(fields))
     if required:
         return _required(_list_of(model), "Conditions, all must hold (at least one)")
     return _listed(model, "Conditions, all must hold")
@@ -300,11 +306,11 @@ class ToolSpec:
     method: str  # Toolset method: query, get, aggregate, describe_schema, create, ...
     model: str | None = None  # fixed model for per-model and write tools
     requires_approval: bool = False
-    parameters: dict[str, Any] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        # The JSON schema of the arguments (type: object), derived from the model, refs inlined.
-        object.__setattr__(self, "parameters", _inline_refs(self.args_model.model_json_schema()))
+    @cached_property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments (type: object), derived from `args_model`, refs inlined."""
+        return _inline_refs(self.args_model.model_json_schema())
 
     @property
     def argument_names(self) -> tuple[str, ...]:
