@@ -11,9 +11,8 @@ llama-index-core ships (`llama_index/core/_static/tiktoken_cache`); when tiktoke
 is missing, the script says so and falls back to characters / 4.
 
 Policies:
-- seed guide: the models and policy of the multi-tenant setup guide (`User` and `Order` from
-  "Configure Tenant Scoping", `Tenant` from "Tenant Metadata Access", and `Order` creates from
-  "Write Operations": `auto_set` tenant_id, tenant_id immutable).
+- 3 models: tenants, users and orders scoped by tenant; orders may be created (`auto_set`
+  tenant_id, tenant_id immutable).
 - synthetic 50: 50 models of 9 columns (one denied, one masked), scoped by tenant, each with a
   relationship to the next; read-only, then with create and update allowed on every model.
 """
@@ -40,7 +39,7 @@ from ormai_agents import FieldAction, FieldPolicy, ModelPolicy, Policy, Principa
 PRINCIPAL = Principal(tenant_id="acme-corp", user_id="user-123")
 
 
-# --- the seed guide --------------------------------------------------------------------------
+# --- 3 models: tenants, users, orders ----------------------------------------------------------
 
 
 class GuideBase(DeclarativeBase):
@@ -183,7 +182,7 @@ def schemas(toolset: Toolset, layout: str) -> list[dict[str, Any]]:
 def token_table() -> None:
     count, source = counters()
     cases = [
-        ("seed guide", guide_toolset()),
+        ("3 models", guide_toolset()),
         ("synthetic 50, read-only", synthetic_toolset(50, writes=False)),
         ("synthetic 50, create+update", synthetic_toolset(50, writes=True)),
     ]
