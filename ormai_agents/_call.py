@@ -15,14 +15,18 @@ import time
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 from ormai_agents import _budget, _inputs
 from ormai_agents._context import RunContext
 from ormai_agents._db import DbHandle
+from ormai_agents._dberrors import is_transient, map_db_errors, retrying
 from ormai_agents._errors import (
     AuditUnavailableError,
     InvalidCursorError,
     OrmAIError,
     PolicyError,
+    TransientDatabaseError,
     ValidationError,
 )
 from ormai_agents._operations import READ_OPERATIONS
@@ -41,6 +45,7 @@ DENIED_CODES = frozenset({
 })  # fmt: skip
 _READ_TOOLS = frozenset(READ_OPERATIONS)
 _OUT_OF_BOUNDS = "[not recorded: beyond the argument bounds]"
+_RLS_RETRIES = 3  # attempts after the first failure, as for reads
 
 
 class Call:
@@ -112,7 +117,14 @@ class Call:
         if store is not None or self.ctx.on_audit is not None:
             try:
                 await self._audit(store, None, strict=True)
-            except Exception:  # noqa: BLE001 - whatever the store's failure, the record is not stored
+            except Exception as exc:  # noqa: BLE001 - whatever the store's failure, the record is not stored
+                if isinstance(exc, sa_exc.DBAPIError) and is_transient(exc):
+                    # A dropped connection, not a refused record: like any statement of the
+                    # write before its commit, the write is retried when it is the call's own.
+                    log.warning("ormai_agents: transient failure storing a %s's audit record", self.tool, exc_info=exc)
+                    raise TransientDatabaseError(
+                        "The database is temporarily unavailable. Try the same call again shortly."
+                    ) from None
                 raise AuditUnavailableError(
                     "The change was not applied because it could not be recorded in the audit log. Try again later."
                 ) from None
@@ -127,11 +139,26 @@ class Call:
             # them began the transaction (so it is the call's own to retry and commit).
             if self.runtime.rls_paths is not None and self.tool != "describe_schema":
                 self.opened = not self.db.in_transaction()
-                await self.set_rls()
+                await self._first_rls()
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def _first_rls(self) -> None:
+        # Nothing has run yet: when the call began the transaction, a dropped connection (a
+        # pooler restarted, a server connection killed) is retried on a new one.
+        try:
+            await self.set_rls()
+            return
+        except TransientDatabaseError:
+            if not self.opened:
+                raise
+        async for attempt in retrying(_RLS_RETRIES):
+            with attempt:
+                with map_db_errors("roll back"):
+                    await self.db.rollback()
+                await self.set_rls()
 
     def _check_bounds(self) -> None:
         # Before anything reads them: arguments too deep or too big are refused (and the refused
