@@ -117,8 +117,9 @@ class Call:
         if store is not None or self.ctx.on_audit is not None:
             try:
                 await self._audit(store, None, strict=True)
-            except Exception as exc:  # noqa: BLE001 - whatever the store's failure, the record is not stored
-                if isinstance(exc, sa_exc.DBAPIError) and is_transient(exc):
+            except Exception as exc:  # whatever the store's failure, the record is not stored
+                dropped = isinstance(exc, sa_exc.DBAPIError) and is_transient(exc)
+                if dropped or isinstance(exc, TransientDatabaseError):
                     # A dropped connection, not a refused record: like any statement of the
                     # write before its commit, the write is retried when it is the call's own.
                     log.warning("ormai_agents: transient failure storing a %s's audit record", self.tool, exc_info=exc)
