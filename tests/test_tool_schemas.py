@@ -418,3 +418,53 @@ class _nothing:
 
 def test_every_operator_has_schema_text() -> None:
     assert all(op.text for op in FILTER_OPERATORS.values())
+
+
+# --- malformed calls still reach the toolset -------------------------------------------------------
+
+
+MALFORMED = [
+    {"model": "Order", "limit": "lots"},  # a type pydantic would refuse before the tool ran
+    {"model": "Order", "select": "id", "order_by": 7},
+    {"model": "Order", "principal": {"tenant_id": "globex"}},  # an argument the tool does not take
+    {"model": "Nope"},
+    {},
+]
+
+
+async def test_malformed_calls_reach_the_toolset_and_are_audited(db_path: Path) -> None:
+    """The precise args_schema is for the model's eyes: LangChain never validates (and refuses)
+    a call against it first, so every call, malformed or not, is the toolset's to refuse, with
+    an error the model can act on, and to audit. The same through LlamaIndex."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from ormai_agents.audit import MemoryAuditStore
+    from ormai_agents.testing import ScriptedChatModel, tool_call
+
+    store = MemoryAuditStore()
+    toolset = Toolset(shop.Base, write_policy(), audit_store=store, secret_key=b"s" * 32)
+    factory = sessionmaker(create_engine(f"sqlite:///{db_path}"))
+    query = {t.name: t for t in OrmAIToolkit(toolset=toolset, session_factory=factory).get_tools(ACME)}["query"]
+    for args in MALFORMED:
+        message = _invoke(query, args)
+        error = json.loads(message.content)
+        assert message.status == "error" and error["error"] in ("validation_error", "model_not_allowed"), args
+        assert "globex" not in message.content and "Traceback" not in message.content
+    assert [r.tool_name for r in store.records] == ["query"] * len(MALFORMED)
+    assert all(r.outcome in ("error", "denied") and r.tenant_id == "acme" for r in store.records)
+
+    # Inside an agent loop: the model hears the toolset's error and the loop goes on.
+    model = ScriptedChatModel([AIMessage("", tool_calls=[tool_call("query", dict(MALFORMED[0]))]), "Sorry."])
+    tools = OrmAIToolkit(toolset=toolset, session_factory=factory).get_tools(ACME)
+    state = create_agent(model, tools=tools).invoke({"messages": [("user", "orders?")]})
+    (message,) = [m for m in state["messages"] if isinstance(m, ToolMessage)]
+    assert message.status == "error" and "limit" in json.loads(message.content)["message"]
+    assert len(store.records) == len(MALFORMED) + 1
+
+    spec = OrmAIToolSpec(toolset=toolset, session_factory=factory)
+    (li_query,) = [t for t in spec.get_tools(ACME) if t.metadata.name == "query"]
+    for args in MALFORMED:
+        output = await li_query.acall(**args)
+        assert output.is_error and json.loads(output.content)["error"] in ("validation_error", "model_not_allowed")
+    assert len(store.records) == 2 * len(MALFORMED) + 1
