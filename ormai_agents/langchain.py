@@ -66,7 +66,14 @@ from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, jsonable
 from ormai_agents.audit import AuditRecord, AuditStore
 from ormai_agents.toolset import Toolset
 
-__all__ = ["AUDIT_EVENT", "OrmAICallbackHandler", "OrmAITool", "OrmAIToolkit", "audit_record_from_event", "principal_config"]
+__all__ = [
+    "AUDIT_EVENT",
+    "OrmAICallbackHandler",
+    "OrmAITool",
+    "OrmAIToolkit",
+    "audit_record_from_event",
+    "principal_config",
+]
 
 try:  # langgraph comes with `langchain`; approvals pause through it, plain tools don't need it
     from langgraph.types import interrupt
@@ -95,9 +102,9 @@ def principal_config(principal: Principal, config: RunnableConfig | None = None)
     """
     if not isinstance(principal, Principal):
         raise TypeError("principal must be an ormai_agents.Principal")
-    base = dict(config or {})
-    base["configurable"] = {**base.get("configurable", {}), "principal": principal}
-    base["metadata"] = {**base.get("metadata", {}), **_trace_metadata(principal)}
+    base: dict[str, Any] = dict(config or {})
+    base["configurable"] = {**(base.get("configurable") or {}), "principal": principal}
+    base["metadata"] = {**(base.get("metadata") or {}), **_trace_metadata(principal)}
     return base  # type: ignore[return-value]
 
 
@@ -113,7 +120,8 @@ def _decision(answer: Any) -> Decision:
         return Decision(answer)
     if answer in ("approve", "reject"):
         return Decision(answer == "approve")
-    if isinstance(answer, dict) and isinstance(answer.get("approve"), bool) and set(answer) <= {"approve", "decided_by", "reason"}:
+    keys = {"approve", "decided_by", "reason"}
+    if isinstance(answer, dict) and isinstance(answer.get("approve"), bool) and set(answer) <= keys:
         by, reason = answer.get("decided_by"), answer.get("reason")
         if (by is None or isinstance(by, str)) and (reason is None or isinstance(reason, str)):
             return Decision(answer["approve"], by, reason)
@@ -143,7 +151,7 @@ class OrmAITool(BaseTool):
     handle_tool_error: Any = _tool_error_text
 
     @property
-    def tool_call_schema(self) -> Any:  # type: ignore[override]
+    def tool_call_schema(self) -> Any:
         # The arguments model itself (no injected argument is part of it), so every converter
         # sees the policy's schema as generated: closed objects, strict-ready.
         return self.args_schema
@@ -172,7 +180,7 @@ class OrmAITool(BaseTool):
         if not isinstance(principal, Principal):
             return config
         config = ensure_config(config)
-        return {**config, "metadata": {**config.get("metadata", {}), **_trace_metadata(principal)}}  # type: ignore[typeddict-item]
+        return {**config, "metadata": {**config.get("metadata", {}), **_trace_metadata(principal)}}
 
     def _principal(self, config: RunnableConfig | None) -> Principal | None:
         principal = self.principal
@@ -209,7 +217,9 @@ class OrmAITool(BaseTool):
         records: list[AuditRecord] = []
         try:
             reply = _run_blocking(
-                lambda: self.runner.call(self.spec, principal, arguments, on_audit=records.append, decision=decision, sync=True)
+                lambda: self.runner.call(
+                    self.spec, principal, arguments, on_audit=records.append, decision=decision, sync=True
+                )
             )
         finally:
             for record in records:
@@ -276,7 +286,7 @@ class OrmAIToolkit(BaseToolkit):
 
     _tools: list[OrmAITool] | None = PrivateAttr(default=None)
 
-    def get_tools(self, principal: Principal | None = None) -> list[BaseTool]:  # type: ignore[override]
+    def get_tools(self, principal: Principal | None = None) -> list[BaseTool]:
         """The tools, bound to `principal`; without one, each call reads
         `config["configurable"]["principal"]` and is refused when there is none."""
         if principal is not None and not isinstance(principal, Principal):

@@ -237,6 +237,7 @@ class OrmAIToolSpec(BaseToolSpec):
         tool = _OrmAIFunctionTool.from_defaults(
             async_fn=fn, name=spec.name, description=spec.description, fn_schema=spec.args_model
         )
+        assert isinstance(tool, _OrmAIFunctionTool)
         tool.async_only = self._runner.async_factory
         return tool
 

@@ -295,7 +295,7 @@ async def test_every_filter_operation_survives_gemini_conversion(db_path: Path, 
         args: dict[str, Any] = {"filters": [{"field": field, "op": op, "value": value}], "select": ["id"]}
         if layout == "generic":
             args["model"] = "Order"
-        strict_args = {**{k: None for k in query["properties"]}, **args}
+        strict_args = {**dict.fromkeys(query["properties"]), **args}
         strict_args = {k: [] if v is None and query["properties"][k].get("type") == "array" else v for k, v in strict_args.items()}
         jsonschema.validate(strict_args, query)  # what the Gemini-converted schema allows
         message = _invoke(tools[name], strict_args)
