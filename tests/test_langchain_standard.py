@@ -108,7 +108,16 @@ for _layout, _names in TOOL_NAMES.items():
 
 
 def test_both_layouts_are_covered() -> None:
-    assert set(TOOL_NAMES["generic"]) >= {"describe_schema", "query", "get", "aggregate", "create_order", "update_order", "delete_order", "bulk_update_order"}
+    assert set(TOOL_NAMES["generic"]) >= {
+        "describe_schema",
+        "query",
+        "get",
+        "aggregate",
+        "create_order",
+        "update_order",
+        "delete_order",
+        "bulk_update_order",
+    }
     assert {"query_order", "get_customer", "aggregate_tenant"} <= set(TOOL_NAMES["per_model"])
     generated = [n for n in globals() if n.startswith("TestTools")]
     assert len(generated) == 2 * (len(TOOL_NAMES["generic"]) + len(TOOL_NAMES["per_model"]))

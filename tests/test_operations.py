@@ -150,7 +150,11 @@ def test_describe_and_tools_agree_on_the_shop_policies() -> None:
     policy = shop.shop_policy()
     models = dict(policy.models)
     models["Order"] = models["Order"].model_copy(
-        update={"write_policy": WritePolicy(create=WriteAction.Allow, update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"})}
+        update={
+            "write_policy": WritePolicy(
+                create=WriteAction.Allow, update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"}
+            )
+        }
     )
     # Update allowed but nothing writable: no update tool, and describe_schema does not offer one.
     models["Customer"] = models["Customer"].model_copy(

@@ -68,11 +68,21 @@ def test_shared_values_are_written_once_and_nothing_else_changes() -> None:
 
 
 def test_values_are_plain_json() -> None:
-    rows = [{"at": dt.datetime(2026, 1, 2, 3, 4, 5), "total": Decimal("12.50"), "exact": Decimal("0.1000000000000000055511151231257827")}]
+    rows = [
+        {
+            "at": dt.datetime(2026, 1, 2, 3, 4, 5),
+            "total": Decimal("12.50"),
+            "exact": Decimal("0.1000000000000000055511151231257827"),
+        }
+    ]
     assert json.loads(render(QueryResult(rows * 2))) == {
         "columns": [],
         "rows": [[], []],
-        "same_for_all_rows": {"at": "2026-01-02T03:04:05", "total": 12.5, "exact": "0.1000000000000000055511151231257827"},
+        "same_for_all_rows": {
+            "at": "2026-01-02T03:04:05",
+            "total": 12.5,
+            "exact": "0.1000000000000000055511151231257827",
+        },
     }
 
 

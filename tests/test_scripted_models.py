@@ -88,7 +88,9 @@ class _Seen(BaseCallbackHandler):
         self.custom: list[dict[str, Any]] = []
         self.tools: list[dict[str, Any]] = []
 
-    def on_custom_event(self, name: str, data: Any, *, run_id: Any, tags: Any = None, metadata: Any = None, **kw: Any) -> None:
+    def on_custom_event(
+        self, name: str, data: Any, *, run_id: Any, tags: Any = None, metadata: Any = None, **kw: Any
+    ) -> None:
         if name == AUDIT_EVENT:
             self.custom.append(dict(metadata or {}))
 
@@ -98,7 +100,9 @@ class _Seen(BaseCallbackHandler):
 
 @pytest.mark.parametrize("style", ["bound", "config"])
 @pytest.mark.parametrize("kind", ["sync", "async"])
-async def test_audit_events_carry_the_principal_metadata_both_ways(shop_backend: Backend, style: str, kind: str) -> None:
+async def test_audit_events_carry_the_principal_metadata_both_ways(
+    shop_backend: Backend, style: str, kind: str
+) -> None:
     """`get_tools(principal)` and `principal_config` give the tool runs and the `ormai_audit`
     events the same tenant and user metadata."""
     agent, _ = _agent(shop_backend, GLOBEX if style == "bound" else None)
@@ -117,7 +121,13 @@ async def test_audit_events_carry_the_principal_metadata_both_ways(shop_backend:
 
 def test_a_direct_tool_call_of_a_bound_tool_carries_the_metadata(shop_backend: Backend) -> None:
     toolset = Toolset(shop.Base, shop.shop_policy(), secret_key=b"k" * 32)
-    (query,) = [t for t in OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(shop_backend.sync_engine)).get_tools(ACME) if t.name == "query"]
+    (query,) = [
+        t
+        for t in OrmAIToolkit(toolset=toolset, session_factory=sessionmaker(shop_backend.sync_engine)).get_tools(ACME)
+        if t.name == "query"
+    ]
     seen = _Seen()
     query.invoke(dict(QUERY), config={"callbacks": [seen]})
-    assert seen.custom and seen.custom[0].get("ormai_tenant_id") == "acme" and seen.custom[0].get("ormai_user_id") == "u1"
+    assert (
+        seen.custom and seen.custom[0].get("ormai_tenant_id") == "acme" and seen.custom[0].get("ormai_user_id") == "u1"
+    )

@@ -108,7 +108,11 @@ def assert_strict_valid(schema: dict[str, Any]) -> None:
 
 def admits_null(node: dict[str, Any]) -> bool:
     types = node.get("type")
-    return types == "null" or (isinstance(types, list) and "null" in types) or any(admits_null(n) for n in node.get("anyOf", []))
+    return (
+        types == "null"
+        or (isinstance(types, list) and "null" in types)
+        or any(admits_null(n) for n in node.get("anyOf", []))
+    )
 
 
 SAMPLES = {"integer": 3, "number": 12.5, "boolean": True, "string": "forced"}
@@ -153,7 +157,9 @@ def _ids(db_path: Path) -> dict[str, Any]:
     engine = create_engine(f"sqlite:///{db_path}")
     with Session(engine) as s:
         out = {
-            "Order": s.scalars(select(shop.Order.id).where(shop.Order.tenant_id == "acme").order_by(shop.Order.id)).first(),
+            "Order": s.scalars(
+                select(shop.Order.id).where(shop.Order.tenant_id == "acme").order_by(shop.Order.id)
+            ).first(),
             "Customer": s.scalars(select(shop.Customer.id).where(shop.Customer.tenant_id == "acme")).first(),
             "Tenant": "acme",
         }
@@ -164,7 +170,9 @@ def _ids(db_path: Path) -> dict[str, Any]:
 def _order(db_path: Path, order_id: int) -> Any:
     engine = create_engine(f"sqlite:///{db_path}")
     with Session(engine) as s:
-        row = s.execute(select(shop.Order.status, shop.Order.total, shop.Order.quantity).where(shop.Order.id == order_id)).one()
+        row = s.execute(
+            select(shop.Order.status, shop.Order.total, shop.Order.quantity).where(shop.Order.id == order_id)
+        ).one()
     engine.dispose()
     return tuple(row)
 
@@ -231,10 +239,16 @@ def test_strict_first_page_partial_update_and_clear(db_path: Path) -> None:
     changed = _invoke(tools["update_order"], {"id": order_id, "data": data, "clear": None})
     assert changed.status == "success", changed.content
     assert _order(db_path, order_id) == ("partly-changed", total, quantity)  # only the given field
-    cleared = _invoke(tools["update_order"], {"id": order_id, "data": {"status": None, "total": None, "quantity": None}, "clear": ["quantity"]})
+    cleared = _invoke(
+        tools["update_order"],
+        {"id": order_id, "data": {"status": None, "total": None, "quantity": None}, "clear": ["quantity"]},
+    )
     assert cleared.status == "success", cleared.content
     assert _order(db_path, order_id) == ("partly-changed", total, None)
-    both = _invoke(tools["update_order"], {"id": order_id, "data": {"status": "x", "total": None, "quantity": None}, "clear": ["status"]})
+    both = _invoke(
+        tools["update_order"],
+        {"id": order_id, "data": {"status": "x", "total": None, "quantity": None}, "clear": ["status"]},
+    )
     assert both.status == "error" and json.loads(both.content)["error"] == "validation_error"
 
 
@@ -296,14 +310,18 @@ async def test_every_filter_operation_survives_gemini_conversion(db_path: Path, 
         if layout == "generic":
             args["model"] = "Order"
         strict_args = {**dict.fromkeys(query["properties"]), **args}
-        strict_args = {k: [] if v is None and query["properties"][k].get("type") == "array" else v for k, v in strict_args.items()}
+        strict_args = {
+            k: [] if v is None and query["properties"][k].get("type") == "array" else v for k, v in strict_args.items()
+        }
         jsonschema.validate(strict_args, query)  # what the Gemini-converted schema allows
         message = _invoke(tools[name], strict_args)
         assert message.status == "success", (op, message.content)
         # The same filter written natively gives the same rows.
         native = NATIVE.get(op, value)
         with Session(engine) as s:
-            expected = await toolset.query(RunContext(ACME, s), "Order", filters=[{"field": field, "op": op, "value": native}], select=["id"])
+            expected = await toolset.query(
+                RunContext(ACME, s), "Order", filters=[{"field": field, "op": op, "value": native}], select=["id"]
+            )
         assert [r["id"] for r in page_records(message.content)] == [r["id"] for r in expected.rows], op
     engine.dispose()
 
@@ -361,7 +379,9 @@ def _many_models(n: int, description: str = "", writes: bool = True) -> Toolset:
             fields={"id": FieldAction.Allow, "tenant_id": FieldAction.Allow, "name": FieldAction.Allow},
             scoping={"tenant_id": "principal.tenant_id"},
             description=description,
-            write_policy=WritePolicy(create=WriteAction.Allow, update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"})
+            write_policy=WritePolicy(
+                create=WriteAction.Allow, update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"}
+            )
             if writes
             else WritePolicy(),
         )
