@@ -324,7 +324,7 @@ class ToolSpec:
         take (without echoing their names: one may be a denied field's)."""
         if arguments is None:
             arguments = {}
-        model = self.model if self.model is not None else (arguments.get("model") if isinstance(arguments, Mapping) else None)
+        model = self.model if self.model is not None else _model_argument(arguments)
         if not isinstance(arguments, Mapping) or not all(isinstance(k, str) for k in arguments):
             raise ArgumentError(f"{self.name} takes an object of named arguments", model, {})
         args = dict(arguments)
@@ -348,7 +348,8 @@ class ToolSpec:
                 if not isinstance(clear, list) or not all(isinstance(c, str) for c in clear):
                     raise ArgumentError("clear must be a list of field names", model, {**args, "clear": clear})
                 if set(clear) & set(data):
-                    raise ArgumentError("A field can't be both given a value and cleared", model, {**args, "clear": clear})
+                    why = "A field can't be both given a value and cleared"
+                    raise ArgumentError(why, model, {**args, "clear": clear})
                 data.update(dict.fromkeys(clear))
             args["data"] = data
         operation = OPERATIONS[self.method]
@@ -422,6 +423,10 @@ def _read_text(method: str, model: str | None) -> str:
     generic, specific = _WHAT[method]
     text = _READ_TEXT[method].format(what=specific.format(m=model) if model else generic)
     return text + (_DATA_NOTE if method != "aggregate" else "")
+
+
+def _model_argument(arguments: Any) -> Any:
+    return arguments.get("model") if isinstance(arguments, Mapping) else None
 
 
 def build_tool_specs(toolset: Toolset, *, layout: Layout = "generic", prefix: str = "") -> list[ToolSpec]:

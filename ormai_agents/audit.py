@@ -157,14 +157,9 @@ class AuditRecord:
         """The record as one line of JSON (no raw line breaks; see `storable_record` for what a
         record no store could keep becomes)."""
         try:
-            return self._json()
+            return _record_json(self)
         except (ValueError, TypeError, RecursionError, AttributeError):
-            return storable_record(self)._json()
-
-    def _json(self) -> str:
-        data = {name: getattr(self, name) for name in _FIELD_NAMES}
-        data["timestamp"] = _utc(self.timestamp).isoformat()
-        return _dumps(data)
+            return _record_json(storable_record(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
@@ -191,6 +186,15 @@ class AuditRecord:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(AuditRecord))
+
+
+def _record_json(record: AuditRecord) -> str:
+    """The record as one line of JSON; raises when a value can't be written as JSON."""
+    data = {name: getattr(record, name) for name in _FIELD_NAMES}
+    data["timestamp"] = _utc(record.timestamp).isoformat()
+    return _dumps(data)
+
+
 _OPT_STR = (str, type(None))
 # What `from_dict` accepts per field (None: any JSON value).
 _FIELD_TYPES: dict[str, Any] = {
@@ -201,6 +205,10 @@ _FIELD_TYPES: dict[str, Any] = {
     "request_id": _OPT_STR, "roles": list, "id": str, "timestamp": (str, datetime),
 }  # fmt: skip
 assert set(_FIELD_TYPES) == set(_FIELD_NAMES)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -230,7 +238,7 @@ def storable_record(record: AuditRecord) -> AuditRecord:
         error_code=_short(record.error_code, 64),
         error_message=_short(record.error_message, MAX_TEXT),
         row_count=record.row_count if type(record.row_count) is int and abs(record.row_count) < 2**31 else None,
-        duration_ms=float(record.duration_ms) if isinstance(record.duration_ms, (int, float)) and math.isfinite(record.duration_ms) else 0.0,
+        duration_ms=float(record.duration_ms) if _finite(record.duration_ms) else 0.0,
         before=None if record.before is None else _as_dict(clean(record.before)),
         after=None if record.after is None else _as_dict(clean(record.after)),
         request_id=_short(record.request_id, 200),
@@ -772,7 +780,7 @@ class JsonlAuditStore:
     async def _store_many(self, records: list[AuditRecord]) -> None:
         # One record per line, whatever its values hold: `escape_line` leaves nothing a reader
         # could split on; a value UTF-8 can't encode fails here, and the batcher falls back.
-        data = "".join(escape_line(r._json()) + "\n" for r in records).encode("utf-8")
+        data = "".join(escape_line(_record_json(r)) + "\n" for r in records).encode("utf-8")
         # A small append to an existing file is a page-cache copy of a few microseconds, cheaper
         # than a trip to a worker thread: do it here when nobody holds the file. fsync, rotation
         # and a busy file go to a worker thread, off the event loop.
@@ -1136,7 +1144,7 @@ class SqlAuditStore:
     def _row(self, record: AuditRecord) -> dict[str, Any]:
         # Plain columns are cut to their lengths; a value the database still refuses fails the
         # batch, which is then split and the record stored in a fallback rendering.
-        data = json.loads(record._json())
+        data = json.loads(_record_json(record))
         return {
             "id": _cut(data["id"], 64),
             "timestamp": record.timestamp,

@@ -39,6 +39,7 @@ Field names are then column names.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +52,17 @@ from sqlalchemy import table as sql_table
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, class_mapper
 
-from ormai_agents._conditions import BoolOp, Column, Compare, ConditionSyntaxError, In, Node, Ref, columns_used, parse_condition
+from ormai_agents._conditions import (
+    BoolOp,
+    Column,
+    Compare,
+    ConditionSyntaxError,
+    In,
+    Node,
+    Ref,
+    columns_used,
+    parse_condition,
+)
 from ormai_agents._dialects import capabilities
 from ormai_agents._errors import PolicyError
 from ormai_agents._plan import _mapped_classes
@@ -281,10 +292,8 @@ def _check_model(view: _View, db_columns: set[str], inspector: Any) -> list[Find
         scope_cols = {view.columns[a] for a in scoped}
         keys: list[list[str]] = [list(ix.get("column_names") or []) for ix in inspector.get_indexes(view.table, schema=view.schema)]
         keys.append(list(inspector.get_pk_constraint(view.table, schema=view.schema).get("constrained_columns") or []))
-        try:
+        with contextlib.suppress(NotImplementedError):  # dialects without the reflection
             keys += [list(u.get("column_names") or []) for u in inspector.get_unique_constraints(view.table, schema=view.schema)]
-        except NotImplementedError:  # pragma: no cover - dialects without the reflection
-            pass
         for attr in scoped:
             col = view.columns[attr]
             if col not in db_columns:

@@ -28,7 +28,7 @@ observability integrations built on them, see it.
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, cast
 
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import NullEventHandler
@@ -130,7 +130,7 @@ async def set_principal(ctx: Context, principal: Principal, key: str = DEFAULT_C
     await ctx.store.set(key, principal.to_dict())
 
 
-async def get_principal(ctx: Optional[Context], key: str = DEFAULT_CONTEXT_KEY) -> Optional[Principal]:
+async def get_principal(ctx: Context | None, key: str = DEFAULT_CONTEXT_KEY) -> Principal | None:
     """The principal stored in a workflow Context (a `Principal` or its `to_dict()` form), or
     None when there is none or it is malformed."""
     if not isinstance(ctx, Context):
@@ -149,7 +149,7 @@ async def get_principal(ctx: Optional[Context], key: str = DEFAULT_CONTEXT_KEY) 
 def _listened() -> bool:
     """Whether any event handler would receive an event of our dispatcher (so the audit event
     is built only when someone listens)."""
-    current: Optional[Any] = dispatcher
+    current: Any | None = dispatcher
     while current is not None:
         if any(not isinstance(h, NullEventHandler) for h in current.event_handlers):
             return True
@@ -208,7 +208,7 @@ class OrmAIToolSpec(BaseToolSpec):
         """The framework-neutral specs the tools are built from."""
         return list(self._specs.values())
 
-    def get_tools(self, principal: Optional[Principal] = None) -> list[FunctionTool]:
+    def get_tools(self, principal: Principal | None = None) -> list[FunctionTool]:
         """Tools bound to `principal`; without one, tools that read it from the workflow Context."""
         if principal is None:
             return self.to_tool_list()
@@ -218,8 +218,8 @@ class OrmAIToolSpec(BaseToolSpec):
 
     def to_tool_list(  # type: ignore[override]
         self,
-        spec_functions: Optional[Sequence[str]] = None,
-        func_to_metadata_mapping: Optional[dict[str, ToolMetadata]] = None,
+        spec_functions: Sequence[str] | None = None,
+        func_to_metadata_mapping: dict[str, ToolMetadata] | None = None,
     ) -> list[FunctionTool]:
         """Tools that read the principal from the workflow Context at each call (see
         `set_principal`). `spec_functions` picks tools by name."""
@@ -234,15 +234,19 @@ class OrmAIToolSpec(BaseToolSpec):
     # --- internals -----------------------------------------------------------------------
 
     def _tool(self, spec: ToolSpec, fn: Callable[..., Awaitable[str]]) -> FunctionTool:
-        tool = _OrmAIFunctionTool.from_defaults(
-            async_fn=fn, name=spec.name, description=spec.description, fn_schema=spec.args_model
+        # from_defaults is a classmethod typed as returning the base class; it builds `cls`.
+        tool = cast(
+            _OrmAIFunctionTool,
+            _OrmAIFunctionTool.from_defaults(
+                async_fn=fn, name=spec.name, description=spec.description, fn_schema=spec.args_model
+            ),
         )
         assert isinstance(tool, _OrmAIFunctionTool)
         tool.async_only = self._runner.async_factory
         return tool
 
     def _bound_tool(self, spec: ToolSpec, principal: Principal) -> FunctionTool:
-        async def resolve() -> Optional[Principal]:
+        async def resolve() -> Principal | None:
             return principal
 
         async def bound(**arguments: Any) -> str:
@@ -256,7 +260,7 @@ class OrmAIToolSpec(BaseToolSpec):
             key = self.context_key
 
             async def from_context(workflow_ctx: Context, **arguments: Any) -> str:
-                async def resolve() -> Optional[Principal]:
+                async def resolve() -> Principal | None:
                     return await get_principal(workflow_ctx, key)
 
                 return await self._call(spec, arguments, resolve)
@@ -265,7 +269,7 @@ class OrmAIToolSpec(BaseToolSpec):
         return tool
 
     async def _call(
-        self, spec: ToolSpec, arguments: dict[str, Any], resolve: Callable[[], Awaitable[Optional[Principal]]]
+        self, spec: ToolSpec, arguments: dict[str, Any], resolve: Callable[[], Awaitable[Principal | None]]
     ) -> str:
         async def invoke() -> str:
             def emit(record: AuditRecord) -> None:

@@ -85,7 +85,7 @@ from ormai_agents._plan import ModelPlan, build_plans
 from ormai_agents.policy import Policy
 
 if TYPE_CHECKING:
-    from ormai_agents.toolset import Toolset
+    pass
 
 __all__ = [
     "RlsPlan",
