@@ -14,6 +14,7 @@ boundary (`ormai_agents._dberrors`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Row
@@ -117,21 +118,29 @@ class DbHandle:
             with Interruptible(conn, deadline):
                 return conn.execute(stmt)  # type: ignore[no-any-return]
 
-    async def fetch(self, stmt: Any, *, deadline: float | None = None, action: str = "read") -> list[Row[Any]]:
-        """Every row of one statement, read inside the deadline (a sync driver reads rows as they
-        are fetched, so fetching is part of the statement's time)."""
+    async def fetch(
+        self,
+        stmt: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+        action: str = "read",
+    ) -> list[Row[Any]]:
+        """Every row of one statement (with `params` for its named bind parameters), read inside
+        the deadline (a sync driver reads rows as they are fetched, so fetching is part of the
+        statement's time)."""
         kind = self._kind
         with map_db_errors(action):
             if kind == _ASYNC_SESSION:
                 aconn = await self.raw.connection()
                 with Interruptible(aconn.sync_connection, deadline):
-                    return list((await aconn.execute(stmt)).all())
+                    return list((await aconn.execute(stmt, params)).all())
             if kind == _ASYNC_CONNECTION:
                 with Interruptible(self.raw.sync_connection, deadline):
-                    return list((await self.raw.execute(stmt)).all())
+                    return list((await self.raw.execute(stmt, params)).all())
             conn = self.raw.connection() if kind == _SESSION else self.raw
             with Interruptible(conn, deadline):
-                return list(conn.execute(stmt).all())
+                return list(conn.execute(stmt, params).all())
 
     async def commit(self) -> None:
         await _maybe_await(self.raw.commit())

@@ -58,7 +58,8 @@ class Bounds:
                    policy.max_argument_values)  # fmt: skip
 
 
-_SCALARS = (int, float, bool, type(None))
+# Exact types that need no walk (a subclass, say of str, goes through the full check).
+_SCALAR_TYPES = frozenset({int, float, bool, type(None)})
 
 
 def check_bounds(arguments: Mapping[str, Any], bounds: Bounds) -> dict[str, str]:
@@ -69,17 +70,23 @@ def check_bounds(arguments: Mapping[str, Any], bounds: Bounds) -> dict[str, str]
     """
     problems: dict[str, str] = {}
     budget = bounds.values
+    max_text = bounds.string_length
     for name, value in arguments.items():
-        if isinstance(value, _SCALARS):
-            budget -= 1
-            continue
+        kind = type(value)
+        budget -= 1
+        if kind in _SCALAR_TYPES or (kind is str and len(value) <= max_text):
+            continue  # the common case, without the walk
         stack: list[tuple[Any, int]] = [(value, 1)]
+        budget += 1
         while stack:
             item, depth = stack.pop()
             budget -= 1
             if budget < 0:
                 problems[name] = f"the arguments hold too many values (at most {bounds.values} in one call)"
                 return problems
+            kind = type(item)
+            if kind in _SCALAR_TYPES or (kind is str and len(item) <= max_text):
+                continue
             problem = _out_of_bounds(item, depth, bounds)
             if problem is not None:
                 problems[name] = f"argument {name} {problem}"
@@ -123,8 +130,27 @@ def pydantic_message(error: PydanticValidationError, prefix: str) -> str:
     return f"{prefix}: " + "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedFilter:
+    """One filter, validated: the field, the operator and the value coerced to the field's type."""
+
+    info: FieldInfo
+    op: str
+    value: Any
+
+    def clause(self) -> ColumnElement[bool]:
+        """The filter's SQL clause with its value bound as a literal parameter."""
+        return FILTER_OPERATORS[self.op].clause(self.info.column, self.value)  # type: ignore[no-any-return]
+
+
 def parse_filters(plan: ModelPlan, filters: Any) -> tuple[list[ColumnElement[bool]], list[Any]]:
     """SQL clauses for the agent's filters, and their canonical form (for cursor binding)."""
+    parsed, canonical = parse_filter_specs(plan, filters)
+    return [f.clause() for f in parsed], canonical
+
+
+def parse_filter_specs(plan: ModelPlan, filters: Any) -> tuple[list[ParsedFilter], list[Any]]:
+    """The agent's filters validated against the plan, and their canonical form."""
     if filters is None:
         return [], []
     if isinstance(filters, Mapping):
@@ -142,13 +168,8 @@ def parse_filters(plan: ModelPlan, filters: Any) -> tuple[list[ColumnElement[boo
             pydantic_message(exc, "Invalid filters")
             + f'. Each filter is {{"field": ..., "op": ..., "value": ...}} with op one of: {", ".join(FILTER_OPS)}'
         ) from None
-    clauses = []
-    canonical = []
-    for i, spec in enumerate(specs, 1):
-        clause, value = _filter_clause(plan, spec, i)
-        clauses.append(clause)
-        canonical.append([spec.field, spec.op, value])
-    return clauses, canonical
+    parsed = [_parse_filter(plan, spec, i) for i, spec in enumerate(specs, 1)]
+    return parsed, [[f.info.name, f.op, f.value] for f in parsed]
 
 
 def _filter_field(plan: ModelPlan, name: str, position: int) -> FieldInfo:
@@ -185,7 +206,7 @@ def _check_text(info: FieldInfo, value: str, position: int) -> None:
         )
 
 
-def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnElement[bool], Any]:
+def _parse_filter(plan: ModelPlan, spec: FilterSpec, i: int) -> ParsedFilter:
     info = _filter_field(plan, spec.field, i)
     operator = FILTER_OPERATORS[spec.op]
     op, value = spec.op, spec.value
@@ -205,11 +226,10 @@ def _filter_clause(plan: ModelPlan, spec: FilterSpec, i: int) -> tuple[ColumnEle
             value = value.lower() == "true"  # from schemas that keep one type (text) for values
         if not isinstance(value, bool):
             raise ValidationError(f"Filter {i}: {op} takes true or false")
-        return operator.clause(info.column, value), value
+        return ParsedFilter(info, op, value)
     if not info.comparable:
         raise ValidationError(f"Filter {i}: {info.name!r} can only be filtered with is_null")
-    value = _SHAPES.get(shape, _single)(info, op, value, i)
-    return operator.clause(info.column, value), value
+    return ParsedFilter(info, op, _SHAPES.get(shape, _single)(info, op, value, i))
 
 
 def _single(info: FieldInfo, op: str, value: Any, i: int) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, tuple_
+from sqlalchemy import ColumnElement, and_, bindparam, false, func, or_, tuple_
 from sqlalchemy import select as sql_select
 
 from ormai_agents import _inputs
@@ -26,7 +26,8 @@ from ormai_agents._errors import (
     TransientDatabaseError,
     ValidationError,
 )
-from ormai_agents._operations import AGGREGATE_FUNCTIONS
+from ormai_agents._inputs import ParsedFilter
+from ormai_agents._operations import AGGREGATE_FUNCTIONS, FILTER_OPERATORS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult
 from ormai_agents._runtime import Runtime
@@ -54,9 +55,10 @@ async def query(
 ) -> QueryResult:
     """Rows of `call.model` in the principal's scope matching `filters`, one page at a time."""
     runtime = call.runtime
+    principal = call.ctx.principal
     plan = call.plan = runtime.plan(call.model)
-    where = call.where = plan.where(call.ctx.principal)
-    conditions, canon = _inputs.parse_filters(plan, filters)
+    where = call.where = plan.where(principal)
+    parsed, canon = _inputs.parse_filter_specs(plan, filters)
     names = _inputs.parse_select(plan, select)
     order = _inputs.parse_order(plan, order_by)
     size = _inputs.parse_limit(plan, limit)
@@ -67,38 +69,49 @@ async def query(
     # `truncated` says when rows were left out.
     pageable = plan.tiebreak is not None
     order_key = [(info.name, desc) for info, desc in order]
+    fsig, params = _filter_params(parsed)
+    after: list[Any] | None = None
     if cursor is not None:
-        binding = runtime.binding(call.ctx.principal, plan, canon, order_key)
-        conditions.append(_after_cursor(runtime, keys, cursor, binding, pageable))
+        after = _open_cursor(runtime, keys, cursor, runtime.binding(principal, plan, canon, order_key), pageable)
+        params.update({f"ormai_c{i}": v for i, v in enumerate(after) if v is not None})
+    params["ormai_limit"] = size + 1
 
-    # Rows are read by position: no labels, so the statement stays as lean as hand-written Core.
-    # A sort key that is also selected is read from its selected position.
-    columns = [plan.fields[n].column for n in names]
-    key_at = []
-    for k in keys:
-        try:
-            key_at.append(columns.index(k.column))
-        except ValueError:
-            key_at.append(len(columns))
-            columns.append(k.column)
-    rel_at = len(columns)
-    columns += _relation_key_columns(tree)
-    stmt = (
-        plan.select(columns)
-        .where(*where.clauses, *conditions)
-        .order_by(*(_order_clause(k) for k in keys))
-        .limit(size + 1)
-    )
-    rows = await fetch(call, stmt)
+    def build() -> tuple[Any, list[int], int]:
+        # Rows are read by position: no labels, so the statement stays as lean as hand-written
+        # Core. A sort key that is also selected is read from its selected position.
+        columns = [plan.fields[n].column for n in names]
+        key_at = []
+        for k in keys:
+            try:
+                key_at.append(columns.index(k.column))
+            except ValueError:
+                key_at.append(len(columns))
+                columns.append(k.column)
+        rel_at = len(columns)
+        columns += _relation_key_columns(tree)
+        conditions = _bound_filters(parsed)
+        if after is not None:
+            conditions.append(_keyset_after(keys, _cursor_binds(keys, after)))
+        stmt = (
+            plan.select(columns)
+            .where(*where.clauses, *conditions)
+            .order_by(*(_order_clause(k) for k in keys))
+            .limit(bindparam("ormai_limit"))
+        )
+        return stmt, key_at, rel_at
+
+    csig = None if after is None else tuple(v is None for v in after)
+    shape = ("query", plan.name, principal, tuple(names), fsig, tuple(order_key), csig, _tree_shape(tree))
+    stmt, key_at, rel_at = runtime.statement(shape, build)
+    rows = await fetch(call, stmt, params)
     more = len(rows) > size
     rows = rows[:size]
-    shape = runtime.shaper(plan, names)
-    out = [shape(row) for row in rows]
+    out = runtime.rows_shaper(plan, names)(rows)
     if tree:
         await attach(call, plan, tree, rows, out, rel_at)
     next_cursor = None
     if more and rows and pageable:
-        binding = runtime.binding(call.ctx.principal, plan, canon, order_key)
+        binding = runtime.binding(principal, plan, canon, order_key)
         next_cursor = runtime.cursors.seal(binding, [_jsonable(rows[-1][i]) for i in key_at])
     call.row_count = len(out)
     return QueryResult(out, next_cursor, truncated=more and not pageable)
@@ -107,19 +120,25 @@ async def query(
 async def get(call: Call, id: Any, select: Any, include: Any) -> GetResult:
     """One row by primary key. Missing and out-of-scope rows raise the same RecordNotFoundError."""
     runtime = call.runtime
+    principal = call.ctx.principal
     plan = call.plan = runtime.plan(call.model)
-    where = call.where = plan.where(call.ctx.principal)
+    where = call.where = plan.where(principal)
     key = _inputs.parse_id(plan, id)
     names = _inputs.parse_select(plan, select)
     tree = _inputs.parse_include(runtime.plans, plan, include, runtime.policy.max_include_depth)
-    columns = [plan.fields[n].column for n in names] + _relation_key_columns(tree)
-    stmt = plan.select(columns).where(*where.clauses, *(c == v for c, v in zip(plan.pk_columns, key, strict=True)))
-    rows = await fetch(call, stmt)
+
+    def build() -> Any:
+        columns = [plan.fields[n].column for n in names] + _relation_key_columns(tree)
+        by_key = [c == bindparam(f"ormai_k{i}", type_=c.type) for i, c in enumerate(plan.pk_columns)]
+        return plan.select(columns).where(*where.clauses, *by_key)
+
+    stmt = runtime.statement(("get", plan.name, principal, tuple(names), _tree_shape(tree)), build)
+    rows = await fetch(call, stmt, {f"ormai_k{i}": v for i, v in enumerate(key)})
     if not rows:
         raise RecordNotFoundError(
             f"No {plan.name} with that id is visible to you. Use query to find the records you can see."
         )
-    out = [runtime.shaper(plan, names)(rows[0])]
+    out = runtime.rows_shaper(plan, names)(rows[:1])
     if tree:
         await attach(call, plan, tree, rows, out, len(names))
     call.row_count = 1
@@ -128,30 +147,94 @@ async def get(call: Call, id: Any, select: Any, include: Any) -> GetResult:
 
 async def aggregate(call: Call, function: Any, field: Any, filters: Any, group_by: Any) -> AggregateResult:
     """count/sum/avg/min/max over the principal's rows; grouped when `group_by` is given."""
-    plan = call.plan = call.runtime.plan(call.model)
-    where = call.where = plan.where(call.ctx.principal)
-    conditions, _ = _inputs.parse_filters(plan, filters)
+    runtime = call.runtime
+    principal = call.ctx.principal
+    plan = call.plan = runtime.plan(call.model)
+    where = call.where = plan.where(principal)
+    parsed, _ = _inputs.parse_filter_specs(plan, filters)
     expr = _aggregate_expr(plan, function, field)
     groups = _inputs.parse_group_by(plan, group_by)
+    fsig, params = _filter_params(parsed)
+    group_names = tuple(g.name for g in groups)
+
+    def build() -> Any:
+        conditions = _bound_filters(parsed)
+        if not groups:
+            return sql_select(expr).select_from(plan.selectable).where(*where.clauses, *conditions)
+        group_cols = [g.column for g in groups]
+        return (
+            sql_select(*(g.column.label(g.name) for g in groups), expr.label("value"))
+            .select_from(plan.selectable)
+            .where(*where.clauses, *conditions)
+            .group_by(*group_cols)
+            .order_by(*group_cols)
+            .limit(plan.max_rows + 1)
+        )
+
+    stmt = runtime.statement(("aggregate", plan.name, principal, function, field, fsig, group_names), build)
+    rows = await fetch(call, stmt, params)
     if not groups:
-        stmt = sql_select(expr).select_from(plan.selectable).where(*where.clauses, *conditions)
-        rows = await fetch(call, stmt)
         call.row_count = 1
         return AggregateResult(value=rows[0][0])
-    group_cols = [g.column for g in groups]
-    stmt = (
-        sql_select(*(g.column.label(g.name) for g in groups), expr.label("value"))
-        .select_from(plan.selectable)
-        .where(*where.clauses, *conditions)
-        .group_by(*group_cols)
-        .order_by(*group_cols)
-        .limit(plan.max_rows + 1)
-    )
-    rows = await fetch(call, stmt)
-    names = [g.name for g in groups] + ["value"]
+    names = [*group_names, "value"]
     out = [dict(zip(names, row, strict=True)) for row in rows[: plan.max_rows]]
     call.row_count = len(out)
     return AggregateResult(groups=out, truncated=len(rows) > plan.max_rows)
+
+
+# --- filters as bound parameters ------------------------------------------------------------
+
+_LIKE = {"contains": ("%", "%"), "startswith": ("", "%"), "endswith": ("%", "")}
+
+
+def _like_pattern(op: str, text: str) -> str:
+    """`text` as a LIKE pattern that matches it literally (escape character '/')."""
+    before, after = _LIKE[op]
+    return before + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + after
+
+
+def _filter_params(parsed: list[ParsedFilter]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The filters' shape (what changes the SQL) and their values as bind parameters."""
+    shape: list[Any] = []
+    params: dict[str, Any] = {}
+    for i, f in enumerate(parsed):
+        kind = FILTER_OPERATORS[f.op].shape
+        name = f"ormai_f{i}"
+        if kind == "flag":
+            shape.append((f.info.name, f.op, f.value))  # IS NULL / IS NOT NULL: no value to bind
+            continue
+        shape.append((f.info.name, f.op))
+        if kind == "pair":
+            params[name + "a"], params[name + "b"] = f.value
+        elif kind == "text":
+            params[name] = _like_pattern(f.op, f.value)
+        else:
+            params[name] = f.value
+    return tuple(shape), params
+
+
+def _bound_filters(parsed: list[ParsedFilter]) -> list[Any]:
+    """The filters' clauses with the parameters `_filter_params` names."""
+    out = []
+    for i, f in enumerate(parsed):
+        operator = FILTER_OPERATORS[f.op]
+        column, name, kind = f.info.column, f"ormai_f{i}", operator.shape
+        if kind == "flag":
+            out.append(operator.clause(column, f.value))
+        elif kind == "list":
+            out.append(operator.clause(column, bindparam(name, expanding=True, type_=column.type)))
+        elif kind == "pair":
+            bounds = [bindparam(name + "a", type_=column.type), bindparam(name + "b", type_=column.type)]
+            out.append(operator.clause(column, bounds))
+        elif kind == "text":
+            out.append(column.like(bindparam(name, type_=column.type), escape="/"))
+        else:
+            out.append(operator.clause(column, bindparam(name, type_=column.type)))
+    return out
+
+
+def _tree_shape(tree: Tree) -> tuple[Any, ...]:
+    return tuple((name, _tree_shape(sub)) for name, (_, sub) in tree.items())
 
 
 def describe_model(runtime: Runtime, plan: ModelPlan) -> dict[str, Any]:
@@ -182,7 +265,7 @@ def describe_model(runtime: Runtime, plan: ModelPlan) -> dict[str, Any]:
 # --- statements -----------------------------------------------------------------------------
 
 
-async def fetch(call: Call, stmt: Any) -> list[Any]:
+async def fetch(call: Call, stmt: Any, params: dict[str, Any] | None = None) -> list[Any]:
     """Run a read statement of the call.
 
     A transient failure is retried (with tenacity) only when the call opened the transaction
@@ -191,7 +274,7 @@ async def fetch(call: Call, stmt: Any) -> list[Any]:
     db = call.db
     fresh = call.owns_transaction()
     try:
-        return await db.fetch(stmt, deadline=call.deadline)
+        return await db.fetch(stmt, params, deadline=call.deadline)
     except TransientDatabaseError:
         if not fresh:
             raise
@@ -206,7 +289,7 @@ async def fetch(call: Call, stmt: Any) -> list[Any]:
             await _rollback(call)
             if call.runtime.rls_paths is not None:
                 await call.set_rls()  # the rollback discarded them
-            return await db.fetch(stmt, deadline=call.deadline)
+            return await db.fetch(stmt, params, deadline=call.deadline)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -269,8 +352,7 @@ async def _related(
     related = await fetch(call, stmt.limit(limit + 1))
     if len(related) > limit:
         raise _too_many_included(limit)
-    shape = call.runtime.shaper(target, names)
-    shaped = [shape(r) for r in related]
+    shaped = call.runtime.rows_shaper(target, names)(related)
     sub = await attach(call, target, subtree, related, shaped, len(names) + width) if subtree else None
     found: dict[tuple[Any, ...], list[tuple[dict[str, Any], int]]] = {}
     for j, (r, item) in enumerate(zip(related, shaped, strict=True)):
@@ -297,23 +379,30 @@ def _sort_keys(plan: ModelPlan, order: list[tuple[FieldInfo, bool]]) -> list[_So
     return keys
 
 
-def _after_cursor(
-    runtime: Runtime, keys: list[_SortKey], cursor: Any, binding: str, pageable: bool
-) -> ColumnElement[bool]:
-    """The condition for rows after the cursor's position; InvalidCursorError for any mismatch."""
+def _open_cursor(runtime: Runtime, keys: list[_SortKey], cursor: Any, binding: str, pageable: bool) -> list[Any]:
+    """The cursor's sort-key values, coerced to the keys' types; InvalidCursorError for any mismatch."""
     if not pageable:
         raise InvalidCursorError(_CURSOR_MISMATCH)
     after = runtime.cursors.open(cursor, binding)
     if len(after) != len(keys):
         raise InvalidCursorError(_CURSOR_MISMATCH)
     try:
-        values = [None if v is None else k.coerce(v) for k, v in zip(keys, after, strict=True)]
+        return [None if v is None else k.coerce(v) for k, v in zip(keys, after, strict=True)]
     except ValueError:
         raise InvalidCursorError(_CURSOR_MISMATCH) from None
-    return _keyset_after(keys, values)
+
+
+def _cursor_binds(keys: list[_SortKey], after: list[Any]) -> list[Any]:
+    """The cursor's values as the bind parameters `query` passes (None stays None: it changes the SQL)."""
+    return [
+        None if v is None else bindparam(f"ormai_c{i}", type_=k.column.type)
+        for i, (k, v) in enumerate(zip(keys, after, strict=True))
+    ]
 
 
 def _order_clause(key: _SortKey) -> Any:
+    if not key.desc and not key.nullable:
+        return key.column  # ascending is the default: no wrapper to build and compile
     clause = key.column.desc() if key.desc else key.column.asc()
     # NULLs sort last in both directions on every backend, so keyset pages agree with ORDER BY.
     return nulls_last(clause) if key.nullable else clause

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from ormai_agents import _inputs
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ormai_agents.audit import AuditStore
 
 Shaper = Callable[[Sequence[Any]], dict[str, Any]]
+RowsShaper = Callable[[Sequence[Sequence[Any]]], list[dict[str, Any]]]
 _CACHE_LIMIT = 4096
 
 
@@ -71,7 +73,24 @@ class Runtime:
             self.rls_paths = _rls.settings_paths(self.plans)
         self._hash_key = derive_key(secret, "hash-field")
         self._principal_ids: dict[Principal, str] = {}
-        self._shapers: dict[tuple[str, tuple[str, ...]], Shaper] = {}
+        self._shapers: dict[tuple[str, tuple[str, ...]], RowsShaper] = {}
+        self._statements: dict[Any, Any] = {}
+
+    def statement(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The statement cached under `key`, built by `build` the first time.
+
+        Building a Core statement and its cache key costs more than running a small one, so
+        reads keep theirs per principal and shape (model, fields, filter fields and operators,
+        order, cursor position, includes), with every value the agent sends as a named bind
+        parameter. The key holds the principal (its scope is part of the statement) and every
+        choice that changes the SQL; values never do."""
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = build()
+            if len(self._statements) > _CACHE_LIMIT:
+                self._statements.clear()
+            self._statements[key] = stmt
+        return stmt
 
     def plan(self, model: Any) -> ModelPlan:
         """The compiled plan of a model the agent may use; ModelNotAllowedError otherwise."""
@@ -99,6 +118,16 @@ class Runtime:
 
     def shaper(self, plan: ModelPlan, names: list[str]) -> Shaper:
         """A function turning a result row into the agent's dict, masking and hashing as needed."""
+        shaper = self.rows_shaper(plan, names)
+
+        def one(row: Sequence[Any]) -> dict[str, Any]:
+            return shaper([row])[0]
+
+        return one
+
+    def rows_shaper(self, plan: ModelPlan, names: list[str]) -> RowsShaper:
+        """A function turning result rows into the agent's dicts, masking and hashing as needed
+        (columns past `names`, such as hidden sort or join keys, are left out)."""
         key = (plan.name, tuple(names))
         shaper = self._shapers.get(key)
         if shaper is None:
@@ -108,25 +137,31 @@ class Runtime:
             self._shapers[key] = shaper
         return shaper
 
-    def _make_shaper(self, plan: ModelPlan, names: list[str]) -> Shaper:
+    def _make_shaper(self, plan: ModelPlan, names: list[str]) -> RowsShaper:
         transforms = [
             (i, _mask(plan.fields[n].mask_show_last) if plan.fields[n].action is FieldAction.Mask else self.hash_value)
             for i, n in enumerate(names)
             if plan.fields[n].action in (FieldAction.Mask, FieldAction.Hash)
         ]
         width = len(names)
+        keys = tuple(names)
         if not transforms:
 
-            def plain(row: Sequence[Any]) -> dict[str, Any]:
-                return dict(zip(names, row, strict=False))  # zip stops at the names: hidden key columns stay out
+            def plain(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+                # zip stops at the names: hidden key columns stay out. map over zip, without a
+                # keyword argument, is the cheapest way CPython builds these dicts.
+                return list(map(dict, map(zip, repeat(keys), rows)))
 
             return plain
 
-        def transformed(row: Sequence[Any]) -> dict[str, Any]:
-            values = list(row[:width])
-            for i, fn in transforms:
-                values[i] = fn(values[i])
-            return dict(zip(names, values, strict=True))
+        def transformed(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+            out = []
+            for row in rows:
+                values = list(row[:width])
+                for i, fn in transforms:
+                    values[i] = fn(values[i])
+                out.append(dict(zip(keys, values, strict=True)))
+            return out
 
         return transformed
 
@@ -148,4 +183,4 @@ def _mask(show_last: int) -> Callable[[Any], Any]:
     return mask
 
 
-__all__ = ["Runtime", "Shaper"]
+__all__ = ["RowsShaper", "Runtime", "Shaper"]
