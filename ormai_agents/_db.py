@@ -14,6 +14,7 @@ boundary (`ormai_agents._dberrors`).
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from ormai_agents._budget import Interruptible
 from ormai_agents._dberrors import map_db_errors
-from ormai_agents._dialects import Capabilities, capabilities
+from ormai_agents._dialects import Capabilities, capabilities, probe_statement, remember_probe
+
+log = logging.getLogger("ormai_agents")
 
 _SESSION, _ASYNC_SESSION, _CONNECTION, _ASYNC_CONNECTION = range(4)
 _KINDS: dict[type, int] = {
@@ -103,20 +106,28 @@ class DbHandle:
         """What the database supports (RETURNING, locking reads, row-level security, ...)."""
         return capabilities(self.dialect())
 
-    async def execute(self, stmt: Any, *, deadline: float | None = None, action: str = "write") -> CursorResult[Any]:
+    async def execute(
+        self,
+        stmt: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+        action: str = "write",
+    ) -> CursorResult[Any]:
         """Run one Core statement under the call's deadline; database errors become OrmAIErrors."""
         kind = self._kind
         with map_db_errors(action):
-            if kind == _ASYNC_SESSION:
-                aconn = await self.raw.connection()
+            if kind in (_ASYNC_SESSION, _ASYNC_CONNECTION):
+                aconn = await self.raw.connection() if kind == _ASYNC_SESSION else self.raw
+                if probe_statement(aconn.dialect) is not None:
+                    await _probe(aconn)
                 with Interruptible(aconn.sync_connection, deadline):
-                    return await aconn.execute(stmt)  # type: ignore[no-any-return]
-            if kind == _ASYNC_CONNECTION:
-                with Interruptible(self.raw.sync_connection, deadline):
-                    return await self.raw.execute(stmt)  # type: ignore[no-any-return]
+                    return await aconn.execute(stmt, params)  # type: ignore[no-any-return]
             conn = self.raw.connection() if kind == _SESSION else self.raw
+            if probe_statement(conn.dialect) is not None:
+                await _probe(conn)
             with Interruptible(conn, deadline):
-                return conn.execute(stmt)  # type: ignore[no-any-return]
+                return conn.execute(stmt, params)  # type: ignore[no-any-return]
 
     async def fetch(
         self,
@@ -131,14 +142,15 @@ class DbHandle:
         statement's time)."""
         kind = self._kind
         with map_db_errors(action):
-            if kind == _ASYNC_SESSION:
-                aconn = await self.raw.connection()
+            if kind in (_ASYNC_SESSION, _ASYNC_CONNECTION):
+                aconn = await self.raw.connection() if kind == _ASYNC_SESSION else self.raw
+                if probe_statement(aconn.dialect) is not None:
+                    await _probe(aconn)
                 with Interruptible(aconn.sync_connection, deadline):
                     return list((await aconn.execute(stmt, params)).all())
-            if kind == _ASYNC_CONNECTION:
-                with Interruptible(self.raw.sync_connection, deadline):
-                    return list((await self.raw.execute(stmt, params)).all())
             conn = self.raw.connection() if kind == _SESSION else self.raw
+            if probe_statement(conn.dialect) is not None:
+                await _probe(conn)
             with Interruptible(conn, deadline):
                 return list(conn.execute(stmt, params).all())
 
@@ -155,6 +167,23 @@ class DbHandle:
         """A SAVEPOINT inside the current transaction."""
         with map_db_errors("begin a savepoint"):
             return Savepoint(await _maybe_await(self.raw.begin_nested()))
+
+
+async def _probe(conn: Any) -> None:
+    """Learn, once per engine, which text columns compare exactly (see `_dialects`)."""
+    dialect = conn.dialect
+    probe = probe_statement(dialect)
+    if probe is None:
+        return
+    try:
+        result = await _maybe_await(conn.execute(probe))
+        rows = list(result.all())
+    except Exception:
+        # Without an answer every text comparison keeps its byte check; the error is the call's.
+        log.warning("ormai_agents: could not read the column collations; text comparisons stay byte-exact")
+        remember_probe(dialect, None)
+        raise
+    remember_probe(dialect, rows)
 
 
 async def _maybe_await(value: Any) -> Any:

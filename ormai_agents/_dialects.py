@@ -21,12 +21,13 @@ not the dialect: see `ormai_agents._budget.INTERRUPTERS`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, true
+from sqlalchemy import ColumnElement, and_, bindparam, column, false, not_, or_, select, table, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError
@@ -41,6 +42,8 @@ __all__ = [
     "exact_in",
     "is_text",
     "nulls_last",
+    "probe_statement",
+    "remember_probe",
 ]
 
 
@@ -171,7 +174,7 @@ def exact_equals(column: Any, value: Any) -> ColumnElement[bool]:
     if not is_text(column):
         return column == value  # type: ignore[no-any-return]
     bound = _bind(column, value)
-    return and_(column == bound, _Bytes(column) == _Bytes(bound))
+    return and_(column == bound, _SameBytes(column, bound))
 
 
 def exact_in(column: Any, values: Sequence[Any], negated: bool = False) -> ColumnElement[bool]:
@@ -182,10 +185,106 @@ def exact_in(column: Any, values: Sequence[Any], negated: bool = False) -> Colum
     if not is_text(column):
         return column.not_in(values) if negated else column.in_(values)  # type: ignore[no-any-return]
     binds = [_bind(column, v) for v in values]
-    exact = _Bytes(column).in_([_Bytes(b) for b in binds])
     if negated:
-        return ~exact
-    return and_(column.in_(binds), exact)
+        return ~_BytesIn(column, *binds)
+    return and_(column.in_(binds), _SameBytesIn(column, *binds))
+
+
+# Where a column's own comparison is already exact (PostgreSQL text under a deterministic
+# collation: equal means byte-equal), the byte comparison above only costs time, once per row the
+# scope matches. Which columns of a database may fold is read from its catalog once per engine
+# (`probe_statement`, `remember_probe`), before the engine runs any statement of the toolset; a
+# column it lists, and every column of an engine not probed, keeps the byte comparison.
+_FOLDING: weakref.WeakKeyDictionary[Dialect, frozenset[tuple[str, str]] | None] = weakref.WeakKeyDictionary()
+_EXACT_TYPES = ("text", "varchar", "bpchar", "name")
+
+
+def probe_statement(dialect: Dialect) -> Any | None:
+    """A statement listing (table, column) of every text column whose equality may fold on this
+    database, when it must run before the engine's first statement; None when it need not."""
+    if dialect in _FOLDING:
+        return None
+    if dialect.name != "postgresql":
+        _FOLDING[dialect] = None  # nothing to learn: the byte comparison stays
+        return None
+    attribute = table("pg_attribute", column("attrelid"), column("attname"), column("attnum"),
+                      column("attisdropped"), column("atttypid"), column("attcollation"), schema="pg_catalog")
+    relation = table("pg_class", column("oid"), column("relname"), schema="pg_catalog")
+    kind = table("pg_type", column("oid"), column("typname"), column("typcategory"), schema="pg_catalog")
+    collation = table("pg_collation", column("oid"), column("collisdeterministic"), schema="pg_catalog")
+    folds: ColumnElement[bool] = kind.c.typname.not_in(_EXACT_TYPES)  # citext, a domain, ...: not known exact
+    if tuple(getattr(dialect, "server_version_info", None) or (0,)) >= (12,):  # nondeterministic since 12
+        folds = or_(folds, collation.c.collisdeterministic.is_(False))
+    return (
+        select(relation.c.relname, attribute.c.attname)
+        .select_from(
+            attribute.join(relation, relation.c.oid == attribute.c.attrelid)
+            .join(kind, kind.c.oid == attribute.c.atttypid)
+            .outerjoin(collation, collation.c.oid == attribute.c.attcollation)
+        )
+        .where(attribute.c.attnum > 0, not_(attribute.c.attisdropped), kind.c.typcategory == "S", folds)
+    )  # fmt: skip
+
+
+def remember_probe(dialect: Dialect, rows: Sequence[Any] | None) -> None:
+    """Record what `probe_statement` found (None: it failed, keep every byte comparison)."""
+    _FOLDING[dialect] = None if rows is None else frozenset((str(r[0]), str(r[1])) for r in rows)
+
+
+def _compares_exactly(dialect: Dialect, expr: Any) -> bool:
+    folding = _FOLDING.get(dialect)
+    owner = getattr(expr, "table", None)
+    if folding is None or owner is None or not isinstance(getattr(owner, "name", None), str):
+        return False
+    return (owner.name, expr.name) not in folding
+
+
+class _SameBytes(FunctionElement[bool]):
+    """`bytes(column) = bytes(value)`, or TRUE where the column's `=` is exact already."""
+
+    inherit_cache = True
+    name = "ormai_same_bytes"
+    type = sqltypes.Boolean()
+
+
+@compiles(_SameBytes)
+def _compile_same_bytes(element: _SameBytes, compiler: Any, **kw: Any) -> str:
+    col, value = element.clauses.clauses
+    if _compares_exactly(compiler.dialect, col):
+        return str(compiler.process(true(), **kw))
+    return str(compiler.process(_Bytes(col) == _Bytes(value), **kw))
+
+
+class _SameBytesIn(FunctionElement[bool]):
+    """`bytes(column) IN (bytes(v), ...)`, or TRUE where the column's `IN` is exact already."""
+
+    inherit_cache = True
+    name = "ormai_same_bytes_in"
+    type = sqltypes.Boolean()
+
+
+@compiles(_SameBytesIn)
+def _compile_same_bytes_in(element: _SameBytesIn, compiler: Any, **kw: Any) -> str:
+    col, *values = element.clauses.clauses
+    if _compares_exactly(compiler.dialect, col):
+        return str(compiler.process(true(), **kw))
+    return str(compiler.process(_Bytes(col).in_([_Bytes(v) for v in values]), **kw))
+
+
+class _BytesIn(FunctionElement[bool]):
+    """`bytes(column) IN (bytes(v), ...)`, or `column IN (...)` where that is exact already."""
+
+    inherit_cache = True
+    name = "ormai_bytes_in"
+    type = sqltypes.Boolean()
+
+
+@compiles(_BytesIn)
+def _compile_bytes_in(element: _BytesIn, compiler: Any, **kw: Any) -> str:
+    col, *values = element.clauses.clauses
+    if _compares_exactly(compiler.dialect, col):
+        return str(compiler.process(col.in_(values), **kw))
+    return str(compiler.process(_Bytes(col).in_([_Bytes(v) for v in values]), **kw))
 
 
 def exact_compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
