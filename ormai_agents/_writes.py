@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, and_, delete, insert, true, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, true, tuple_, update
 from sqlalchemy import select as sql_select
 
 from ormai_agents._call import Call
@@ -192,18 +192,22 @@ class _Write:
         assert self.wplan.table is not None
         self.table: Table = self.wplan.table
         self.plan: ModelPlan = plan
+        self.principal = self.call.ctx.principal
         self.names = list(plan.fields)
         self.width = len(self.names)  # the shaped columns; the check follows them
         self.shape: Shaper = self.call.runtime.shaper(plan, self.names)
-        self.columns = [plan.fields[n].column.label(n) for n in self.names]
-        clauses = self.where.write_clauses
-        self.check = (and_(*clauses) if clauses else true()).label("_check")
         auto = {"create": self.wplan.auto_create, "delete": {}}.get(self.change.op, self.wplan.auto_update)
-        self.server = auto_values(auto, self.call.ctx.principal)
-        self.values = {plan.columns[k]: v for k, v in {**self.change.values, **self.server}.items()}
+        self.server = auto_values(auto, self.principal)
+        written = {**self.change.values, **self.server}
+        # Written values go to the statement as bind parameters, so the statement itself can be
+        # cached per principal and set of written fields (see `Runtime.statement`).
+        self.value_names = tuple(sorted(written))
+        self.params = {f"ormai_v{i}": written[n] for i, n in enumerate(self.value_names)}
+        if self.change.key is not None:
+            self.params.update({f"ormai_k{i}": v for i, v in enumerate(self.change.key)})
         # The current values of the foreign-key columns, to check composite keys as whole tuples.
         self.refs = self.wplan.reference_columns
-        self.ref_columns = [plan.columns[n].label(f"_ref_{i}") for i, n in enumerate(self.refs)]
+        self.checks_references = any(n in self.change.values for ref in self.wplan.references for n in ref.names)
 
     async def run(self) -> WriteResult:
         # Where the database has RETURNING, the WITH CHECK is part of the write statement:
@@ -219,8 +223,31 @@ class _Write:
             return await self.update()
         return await self.bulk_update()
 
-    def exec(self, stmt: Any) -> Awaitable[Any]:
-        return self.call.db.execute(stmt, deadline=self.call.deadline)
+    def exec(self, stmt: Any, params: Mapping[str, Any] | None = None) -> Awaitable[Any]:
+        return self.call.db.execute(stmt, params, deadline=self.call.deadline)
+
+    def statement(self, kind: str, build: Callable[[], Any]) -> Any:
+        """The write statement of this shape, built once per principal, model and written fields."""
+        key = ("write", kind, self.plan.name, self.principal, self.value_names)
+        return self.call.runtime.statement(key, build)
+
+    @property
+    def columns(self) -> list[Any]:
+        return [self.plan.fields[n].column.label(n) for n in self.names]
+
+    @property
+    def check(self) -> Any:
+        clauses = self.where.write_clauses
+        return (and_(*clauses) if clauses else true()).label("_check")
+
+    def key_binds(self) -> list[Any]:
+        return [c == bindparam(f"ormai_k{i}", type_=c.type) for i, c in enumerate(self.plan.pk_columns)]
+
+    def value_binds(self) -> dict[Any, Any]:
+        columns = self.plan.columns
+        return {
+            columns[n]: bindparam(f"ormai_v{i}", type_=columns[n].type) for i, n in enumerate(self.value_names)
+        }
 
     def by_key(self, key: Any) -> list[Any]:
         return [c == v for c, v in zip(self.plan.pk_columns, key, strict=True)]
@@ -230,11 +257,26 @@ class _Write:
         stmt = stmt.where(*conditions, *self.where.write_clauses)
         return stmt.with_for_update() if lock else stmt
 
+    def snapshot_by_key(self, *, lock: bool = False) -> Any:
+        """The row the call names, under the write clauses (with the foreign-key columns when
+        locked for an update that checks references)."""
+
+        def build() -> Any:
+            stmt = self.snapshot(*self.key_binds(), lock=lock)
+            if lock:
+                stmt = stmt.add_columns(*self.ref_columns())
+            return stmt
+
+        return self.statement("snapshot-lock" if lock else "snapshot", build)
+
+    def ref_columns(self) -> list[Any]:
+        return [self.plan.columns[n].label(f"_ref_{i}") for i, n in enumerate(self.refs)]
+
     def current(self, row: Any, start: int) -> dict[str, Any]:
         return dict(zip(self.refs, row[start : start + len(self.refs)], strict=True))
 
     async def references(self, rows: list[Mapping[str, Any]]) -> None:
-        await _check_references(self.wplan, self.change.values, self.server, rows, self.call.ctx.principal, self.exec)
+        await _check_references(self.wplan, self.change.values, self.server, rows, self.principal, self.exec)
 
     def check_failed(self, many: bool = False) -> WriteNotAllowedError:
         message = _CHECK_FAILED.format(model=self.plan.name)
@@ -251,50 +293,103 @@ class _Write:
 
     async def create(self) -> WriteResult:
         await self.references([{}])
-        stmt = insert(self.table).values(self.values)
-        if self.caps.insert_returning:
-            rows = (await self.exec(stmt.returning(*self.columns, self.check))).all()
+        returning = self.caps.insert_returning
+
+        def build() -> Any:
+            stmt = insert(self.table).values(self.value_binds())
+            return stmt.returning(*self.columns, self.check) if returning else stmt
+
+        result = await self.exec(self.statement(f"create-{returning}", build), self.params)
+        if returning:
+            rows = result.all()
         else:
-            key = list((await self.exec(stmt)).inserted_primary_key or ())
-            rows = (await self.exec(self.snapshot(*self.by_key(key)))).all() if key and None not in key else []
+            key = list(result.inserted_primary_key or ())
+            if key and None not in key:
+                self.params.update({f"ormai_k{i}": v for i, v in enumerate(key)})
+                rows = (await self.exec(self.snapshot_by_key(), self.params)).all()
+            else:
+                rows = []
         if not rows or not rows[0][self.width]:
             raise self.check_failed()
         return self.done(rows[0])
 
     async def delete(self) -> WriteResult:
-        match = self.by_key(self.change.key)
-        stmt = delete(self.table).where(*match, *self.where.write_clauses)
-        if self.caps.delete_returning:
-            rows = (await self.exec(stmt.returning(*self.columns))).all()
+        returning = self.caps.delete_returning
+
+        def build() -> Any:
+            stmt = delete(self.table).where(*self.key_binds(), *self.where.write_clauses)
+            return stmt.returning(*self.columns) if returning else stmt
+
+        stmt = self.statement(f"delete-{returning}", build)
+        if returning:
+            rows = (await self.exec(stmt, self.params)).all()
         else:
-            rows = (await self.exec(self.snapshot(*match, lock=True))).all()
-            if rows and (await self.exec(stmt)).rowcount != 1:
+            rows = (await self.exec(self.snapshot_by_key(lock=True), self.params)).all()
+            if rows and (await self.exec(stmt, self.params)).rowcount != 1:
                 rows = []
         if not rows:
             raise _not_found(self.plan)
         return self.done(rows[0], before=True)
 
     async def update(self) -> WriteResult:
-        match = self.by_key(self.change.key)
+        if self.caps.update_returning and not self.checks_references:
+            return await self._update_folded()
         # The before snapshot is for the audit record only; the UPDATE decides by its own WHERE.
-        before = (await self.exec(self.snapshot(*match, lock=True).add_columns(*self.ref_columns))).all()
+        before = (await self.exec(self.snapshot_by_key(lock=True), self.params)).all()
         if not before:
             raise _not_found(self.plan)
         self.call.before = self.shape(before[0])
         await self.references([self.current(before[0], self.width + 1)])
-        stmt = update(self.table).where(*match, *self.where.write_clauses).values(self.values)
-        if self.caps.update_returning:
-            after = (await self.exec(stmt.returning(*self.columns, self.check))).all()
+        returning = self.caps.update_returning
+
+        def build() -> Any:
+            stmt = update(self.table).where(*self.key_binds(), *self.where.write_clauses).values(self.value_binds())
+            return stmt.returning(*self.columns, self.check) if returning else stmt
+
+        stmt = self.statement(f"update-{returning}", build)
+        if returning:
+            after = (await self.exec(stmt, self.params)).all()
         else:
-            if (await self.exec(stmt)).rowcount != 1:
+            if (await self.exec(stmt, self.params)).rowcount != 1:
                 raise _not_found(self.plan)
             # Updated but no longer visible under the policy: the check fails.
-            after = (await self.exec(self.snapshot(*match))).all() or [(*before[0][: self.width], False)]
+            after = (await self.exec(self.snapshot_by_key(), self.params)).all() or [(*before[0][: self.width], False)]
         if not after:
             raise _not_found(self.plan)
         if not after[0][self.width]:
             raise self.check_failed()
         return self.done(after[0])
+
+    async def _update_folded(self) -> WriteResult:
+        """One statement where the database has UPDATE ... FROM and RETURNING: the row as it was
+        (read and locked under the write clauses), the change, and the row as it is now with its
+        WITH CHECK, in one round trip."""
+
+        def build() -> Any:
+            plan = self.plan
+            old = (
+                sql_select(*(plan.fields[n].column.label(n) for n in self.names), *plan.pk_columns)
+                .where(*self.key_binds(), *self.where.write_clauses)
+                .with_for_update()
+                .subquery("ormai_old")
+            )
+            width = len(self.names)
+            old_pk = list(old.c)[width:]
+            return (
+                update(self.table)
+                .where(*(c == o for c, o in zip(plan.pk_columns, old_pk, strict=True)), *self.where.write_clauses)
+                .values(self.value_binds())
+                .returning(*list(old.c)[:width], *self.columns, self.check)
+            )
+
+        rows = (await self.exec(self.statement("update-folded", build), self.params)).all()
+        if not rows:
+            raise _not_found(self.plan)
+        row, width = rows[0], self.width
+        self.call.before = self.shape(row[:width])
+        if not row[2 * width]:
+            raise self.check_failed()
+        return self.done(row[width:])
 
     async def bulk_update(self) -> WriteResult:
         # Lock and count the matching rows first, so an over-limit call writes nothing.
@@ -302,7 +397,7 @@ class _Write:
         limit = plan.policy.write_policy.max_affected_rows
         pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(plan.pk_columns)]
         stmt = (
-            sql_select(*self.columns, self.check, *pk_labels, *self.ref_columns)
+            sql_select(*self.columns, self.check, *pk_labels, *self.ref_columns())
             .select_from(self.table)
             .where(*self.where.write_clauses, *self.change.filters)
             .order_by(*plan.pk_columns)
@@ -339,7 +434,8 @@ class _Write:
         """UPDATE the rows with these keys; (how many changed, the changed rows with their check)."""
         pk = self.plan.pk_columns
         in_keys = pk[0].in_([k[0] for k in keys]) if len(pk) == 1 else tuple_(*pk).in_(keys)
-        stmt = update(self.table).where(in_keys, *self.where.write_clauses, *self.change.filters).values(self.values)
+        values = {self.plan.columns[n]: self.params[f"ormai_v{i}"] for i, n in enumerate(self.value_names)}
+        stmt = update(self.table).where(in_keys, *self.where.write_clauses, *self.change.filters).values(values)
         if self.caps.update_returning:
             after = (await self.exec(stmt.returning(*self.columns, self.check))).all()
             return len(after), list(after)

@@ -224,8 +224,9 @@ async def test_a_row_moved_out_of_scope_by_a_concurrent_transaction_is_not_writt
 
 
 async def test_the_row_cannot_move_between_check_and_write(wb: Backend, row: int) -> None:
-    """Right before the toolset's UPDATE runs, a second connection tries to move the row out of
-    scope: it can't, because the row is locked from the call's first statement on."""
+    """Right after the toolset's UPDATE ran (the read of the row as it was, its lock, the change
+    and the WITH CHECK are that one statement), a second connection tries to move the row out of
+    scope: it can't, because the row stays locked until the call commits."""
     ts = toolset()
     attempts: list[str] = []
 
@@ -248,12 +249,12 @@ async def test_the_row_cannot_move_between_check_and_write(wb: Backend, row: int
                         other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
 
     engine = wb.async_engine.sync_engine
-    event.listen(engine, "before_cursor_execute", interfere)
+    event.listen(engine, "after_cursor_execute", interfere)
     try:
         async with wb.async_session() as db:
             result = await ts.update(RunContext(ACME, db), "Order", row, {"status": "written"})
     finally:
-        event.remove(engine, "before_cursor_execute", interfere)
+        event.remove(engine, "after_cursor_execute", interfere)
     # lock_not_available (PostgreSQL), lock wait timeout (MariaDB): locked between check and write.
     assert attempts == (["1205"] if wb.is_mysql else ["55P03"])
     assert result.data["tenant_id"] == "acme"
