@@ -303,7 +303,7 @@ class _Write:
         if returning:
             rows = result.all()
         else:
-            key = list(result.inserted_primary_key or ())
+            key = self._inserted_key(result)
             if key and None not in key:
                 self.params.update({f"ormai_k{i}": v for i, v in enumerate(key)})
                 rows = (await self.exec(self.snapshot_by_key(), self.params)).all()
@@ -312,6 +312,17 @@ class _Write:
         if not rows or not rows[0][self.width]:
             raise self.check_failed()
         return self.done(rows[0])
+
+    def _inserted_key(self, result: Any) -> list[Any]:
+        # Key values the call wrote are known here (SQLAlchemy can't tell them from the named
+        # bind parameters); a generated one comes from the driver.
+        written = {n: self.params[f"ormai_v{i}"] for i, n in enumerate(self.value_names)}
+        attrs = {c: k for k, c in self.plan.columns.items()}
+        names = [attrs.get(c) for c in self.plan.pk_columns]
+        if all(n in written for n in names):
+            return [written[n] for n in names]  # type: ignore[index]
+        generated = list(result.inserted_primary_key or ())
+        return [written.get(n, g) for n, g in zip(names, generated, strict=False)]  # type: ignore[arg-type]
 
     async def delete(self) -> WriteResult:
         returning = self.caps.delete_returning
