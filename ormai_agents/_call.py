@@ -32,6 +32,7 @@ from ormai_agents._errors import (
 from ormai_agents._operations import READ_OPERATIONS
 from ormai_agents._plan import ModelPlan, Where
 from ormai_agents._redact import redact_snapshot
+from ormai_agents._rls_settings import principal_settings, settings_statement
 from ormai_agents._runtime import Runtime
 from ormai_agents._storable import clean, clean_text
 from ormai_agents.audit import AuditRecord, AuditStore, deliver
@@ -105,9 +106,7 @@ class Call:
                 "database it is connected to has no row-level security. The operator must connect it "
                 "to PostgreSQL or build the toolset with rls=False."
             )
-        from ormai_agents import rls as _rls
-
-        statement = _rls.settings_statement(_rls.principal_settings(self.ctx.principal, paths))
+        statement = settings_statement(principal_settings(self.ctx.principal, paths))
         await self.db.fetch(statement, action="set the row-level security settings")
 
     async def audit_now(self) -> None:

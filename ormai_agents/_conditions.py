@@ -339,7 +339,7 @@ def parse_condition(text: str) -> Node:
 
 # --- binding to a model ----------------------------------------------------------------------
 
-_PY_OPS: dict[str, Callable[[Any, Any], bool]] = {
+PY_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq,
     "!=": operator.ne,
     "<": operator.lt,
@@ -347,7 +347,7 @@ _PY_OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_FLIP = {"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+FLIP = {"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 def _walk(node: Node):  # type: ignore[no-untyped-def]
@@ -469,7 +469,7 @@ class BoundCondition:
     def _compare(self, node: Compare, resolve: Callable[[tuple[str, ...]], Any]) -> bool | ColumnElement[bool]:
         left, right, op = node.left, node.right, node.op
         if not isinstance(left, Column) and isinstance(right, Column):
-            left, right, op = right, left, _FLIP[op]
+            left, right, op = right, left, FLIP[op]
         if isinstance(left, Column):
             binding = self.columns[left.name]
             if isinstance(right, Column):
@@ -489,7 +489,7 @@ class BoundCondition:
         a = self._value(left, resolve)
         b = self._value(right, resolve)
         try:
-            return bool(_PY_OPS[op](a, b))
+            return bool(PY_OPS[op](a, b))
         except TypeError:
             raise MissingPrincipalValue("values can't be compared") from None
 
@@ -515,7 +515,7 @@ class BoundCondition:
 
 
 
-def _sql_compare(col: Any, op: str, rhs: Any) -> ColumnElement[bool]:
+def sql_compare(col: Any, op: str, rhs: Any) -> ColumnElement[bool]:
     """A plain SQL comparison (the row-level security generator's; it runs on PostgreSQL)."""
     if op == "=":
         return col == rhs  # type: ignore[no-any-return]

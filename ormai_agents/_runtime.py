@@ -22,6 +22,7 @@ from ormai_agents._cursor import CursorCodec, derive_key
 from ormai_agents._errors import ModelNotAllowedError
 from ormai_agents._plan import ModelPlan, build_plans
 from ormai_agents._redact import redact_inputs
+from ormai_agents._rls_settings import settings_paths
 from ormai_agents._write_plan import WritePlan, build_write_plans
 from ormai_agents.approvals import ApprovalGate, ApprovalStore, MemoryApprovalStore
 from ormai_agents.policy import FieldAction, Policy
@@ -68,9 +69,7 @@ class Runtime:
             raise TypeError("rls must be True or False")
         self.rls_paths: list[tuple[str, ...]] | None = None
         if rls:
-            from ormai_agents import rls as _rls
-
-            self.rls_paths = _rls.settings_paths(self.plans)
+            self.rls_paths = settings_paths(self.plans)
         self._hash_key = derive_key(secret, "hash-field")
         self._principal_ids: dict[Principal, str] = {}
         self._shapers: dict[tuple[str, tuple[str, ...]], RowsShaper] = {}

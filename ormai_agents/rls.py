@@ -24,7 +24,7 @@ start of every call with `set_config(name, value, true)`:
 | --- | --- |
 | `ormai.tenant_id`, `ormai.user_id` | the value as text (a scalar; anything else is left empty) |
 | `ormai.roles` | a JSON array of strings, `[]` without roles |
-| `ormai.metadata.<key>[.<key>...]` | the value as JSON (a list may hold only strings and numbers; otherwise it is left empty) |
+| `ormai.metadata.<key>[.<key>...]` | the value as JSON (a list of strings and numbers; anything else is left empty) |
 
 An unset or empty setting means no rows: every reference is wrapped in `NULLIF(..., '')` and a
 condition that needs a missing value is false, as in the toolset. A bypass row policy becomes part
@@ -37,15 +37,11 @@ the dialect's identifier preparer and literals from the policy are rendered by S
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import hashlib
-import json
-import re
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -76,16 +72,14 @@ from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.types import TypeEngine
 
 from ormai_agents import _conditions as c
 from ormai_agents import _types
-from ormai_agents._context import Principal
 from ormai_agents._plan import ModelPlan, build_plans
+from ormai_agents._rls_settings import principal_settings, setting_name, settings_paths, settings_statement
 from ormai_agents.policy import Policy
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "RlsPlan",
@@ -98,8 +92,6 @@ __all__ = [
     "settings_statement",
 ]
 
-PREFIX = "ormai"
-_GUC_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_IDENT = 63  # PostgreSQL truncates longer identifiers
 
 
@@ -143,128 +135,6 @@ class RlsPlan:
             connection.exec_driver_sql(statement)
 
 
-# --- settings: names and values --------------------------------------------------------------
-
-
-def setting_name(path: tuple[str, ...]) -> str | None:
-    """The setting that carries a principal path, or None when PostgreSQL can't name it
-    (a metadata key that is not a simple identifier, such as one with a dash)."""
-    if path[0] != "metadata":
-        return f"{PREFIX}.{path[0]}"
-    if not all(_GUC_KEY.match(k) for k in path[1:]):
-        return None
-    return ".".join((PREFIX, *path))
-
-
-def settings_paths(plans: Mapping[str, ModelPlan]) -> list[tuple[str, ...]]:
-    """Every principal path the plans read: tenant_id, user_id, roles, and metadata paths."""
-    paths: dict[tuple[str, ...], None] = dict.fromkeys(_BASE_PATHS)
-    for plan in plans.values():
-        for _, _, path, _ in plan.scoping:
-            paths[path] = None
-        for compiled in (*plan.bypasses, *plan.permits, *plan.restricts):
-            for op in c.operands(compiled.condition.tree):
-                if isinstance(op, c.Ref):
-                    paths[op.path] = None
-    return list(paths)
-
-
-def _scalar_text(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, (int, float, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    return None
-
-
-def _json_scalar(value: Any) -> Any:
-    """A JSON-ready string or number, or None for anything else."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    return _scalar_text(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((_plain(v) for v in value), key=str)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _encode(path: tuple[str, ...], value: Any) -> str:
-    if path[0] in ("tenant_id", "user_id"):
-        return _scalar_text(value) or ""
-    if path[0] == "roles":
-        return json.dumps([str(r) for r in value or ()])
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_json_scalar(v) for v in value]
-        if any(v is None for v in items):
-            return ""  # the toolset denies such a list; so does the database
-        return json.dumps(sorted(items, key=str) if isinstance(value, (set, frozenset)) else items)
-    if isinstance(value, bool):
-        return json.dumps(value)  # compared as in Python; never a scope value
-    if isinstance(value, Mapping):
-        return json.dumps(_plain(value))  # equal to nothing but itself; never a scope value
-    one = _json_scalar(value)
-    return "" if one is None else json.dumps(one)
-
-
-def _metadata_leaves(value: Any, prefix: tuple[str, ...]) -> Iterable[tuple[str, ...]]:
-    for key, item in value.items():
-        path = (*prefix, str(key))
-        if isinstance(item, Mapping):
-            yield from _metadata_leaves(item, path)
-        else:
-            yield path
-
-
-_BASE_PATHS = (("tenant_id",), ("user_id",), ("roles",))
-
-
-def principal_settings(principal: Principal, paths: Iterable[tuple[str, ...]] = _BASE_PATHS) -> dict[str, str]:
-    """The setting values for a principal: tenant_id, user_id, roles and the given paths (every
-    one is set, so a value from an earlier call in the same transaction is overwritten), and the
-    principal's own metadata values. An empty string means unset: no rows.
-
-    `session.execute(settings_statement(principal_settings(principal)))` makes your own
-    statements in that transaction run under the row-level security of that principal.
-    """
-    out: dict[str, str] = {}
-    folded_names: dict[str, str] = {}  # setting names are case-insensitive in PostgreSQL
-    all_paths = dict.fromkeys((*_BASE_PATHS, *paths))
-    all_paths.update(dict.fromkeys(_metadata_leaves(principal.metadata, ("metadata",))))
-    for path in all_paths:
-        name = setting_name(path)
-        if name is None:
-            continue
-        value = _encode(path, principal.resolve(path))
-        first = folded_names.setdefault(name.lower(), name)
-        if first != name:
-            if out[first] != value:
-                out[first] = ""  # two keys PostgreSQL can't tell apart: neither is usable
-            continue
-        out[name] = value
-    return out
-
-
-def settings_statement(values: Mapping[str, str]) -> Any:
-    """One SELECT that sets every value transaction-locally, names and values bound."""
-    return select(
-        *(func.set_config(literal(n, Text()), literal(v, Text()), true()) for n, v in values.items())
-    )
-
-
 # --- compiling conditions to SQL over the settings -------------------------------------------
 
 
@@ -297,7 +167,7 @@ class _Settings:
         self.guards: dict[tuple[tuple[str, ...], str], ColumnElement[bool]] = {}
         self.names = names  # every setting read, shared across conditions
 
-    def _raw(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+    def raw(self, path: tuple[str, ...]) -> ColumnElement[Any]:
         name = setting_name(path)
         if name is None:
             raise _CantExpress(
@@ -307,8 +177,8 @@ class _Settings:
         self.names.add(name)
         return func.nullif(func.current_setting(literal(name, Text()), true()), literal("", Text()))
 
-    def _json(self, path: tuple[str, ...]) -> ColumnElement[Any]:
-        return cast(self._raw(path), postgresql.JSONB)
+    def json(self, path: tuple[str, ...]) -> ColumnElement[Any]:
+        return cast(self.raw(path), postgresql.JSONB)
 
     def _first(self, j: ColumnElement[Any]) -> ColumnElement[Any]:
         # A JSON scalar as text: "x" -> x, 5 -> 5, true -> true.
@@ -316,7 +186,7 @@ class _Settings:
 
     def present(self, path: tuple[str, ...]) -> None:
         """Guard: the value is there (the toolset's "missing" is None or an empty string)."""
-        self.guards.setdefault((path, "present"), self._raw(path).is_not(None))
+        self.guards.setdefault((path, "present"), self.raw(path).is_not(None))
 
     def for_column(self, path: tuple[str, ...], target: TypeEngine[Any]) -> ColumnElement[Any]:
         """The path's single value, cast to a column's type; NULL (and the guard false) when
@@ -324,9 +194,9 @@ class _Settings:
         if path[0] == "roles":
             raise _CantExpress("principal.roles is a list; compare it with IN")
         if path[0] != "metadata":
-            text_value: ColumnElement[Any] = self._raw(path)
+            text_value: ColumnElement[Any] = self.raw(path)
         else:
-            j = self._json(path)
+            j = self.json(path)
             kind = func.jsonb_typeof(j)
             first = self._first(j)
             if isinstance(target, Text):
@@ -347,12 +217,12 @@ class _Settings:
         if path[0] == "roles":
             raise _CantExpress("principal.roles is a list; compare it with IN")
         if path[0] != "metadata":
-            raw = self._raw(path)
+            raw = self.raw(path)
             if kind == "text":
                 return raw
             # tenant_id and user_id are stored as text: numeric-looking text counts as a number.
             return case((raw.regexp_match(r"^-?[0-9]+(\.[0-9]+)?$"), cast(raw, Numeric())))
-        j = self._json(path)
+        j = self.json(path)
         json_kind = func.jsonb_typeof(j)
         first = self._first(j)
         if kind == "text":
@@ -362,7 +232,7 @@ class _Settings:
 
     def listed(self, path: tuple[str, ...]) -> ColumnElement[Any]:
         """The value as a JSON array (a single value becomes an array of one), NULL when unset."""
-        j = self._json(path)
+        j = self.json(path)
         if path[0] == "roles":
             return j
         return case((func.jsonb_typeof(j) == "array", j), else_=func.jsonb_build_array(j))
@@ -373,7 +243,7 @@ class _Settings:
         the toolset refuses other scope values."""
         if path[0] in ("tenant_id", "user_id"):
             return None
-        j = self._json(path)
+        j = self.json(path)
         self.guards.setdefault((path, "set"), j.is_not(None))
         if path[0] == "roles":
             return func.jsonb_array_elements_text(j)
@@ -386,8 +256,8 @@ class _Settings:
     def scope_present(self, path: tuple[str, ...]) -> ColumnElement[bool]:
         """True when the path holds a usable scope value: a string, a number or a non-empty list."""
         if path[0] in ("tenant_id", "user_id"):
-            return self._raw(path).is_not(None)
-        j = self._json(path)
+            return self.raw(path).is_not(None)
+        j = self.json(path)
         kind = func.jsonb_typeof(j)
         return or_(kind.in_(["string", "number"]), and_(kind == "array", func.jsonb_array_length(j) > 0))
 
@@ -399,14 +269,14 @@ def _scope_clause(settings: _Settings, column: Any, path: tuple[str, ...]) -> Co
     col = sql_column(column.name, column.type)
     elements = settings.elements(path)
     if elements is None:
-        return col == settings.for_column(path, target)  # type: ignore[no-any-return]
+        return col == settings.for_column(path, target)
     return col.in_(select(cast(elements, target)))
 
 
 def _equal(op: str, lhs: Any, rhs: Any) -> ColumnElement[bool]:
     # Python's == between different types is False, never an error: NULL (no value of that
     # type) becomes False for "=" and True for "!=".
-    return func.coalesce(c._sql_compare(lhs, op, rhs), op == "!=")  # type: ignore[no-any-return]
+    return func.coalesce(c.sql_compare(lhs, op, rhs), op == "!=")
 
 
 class _Compiler:
@@ -421,7 +291,7 @@ class _Compiler:
         self.plan = plan
         self.settings = settings
 
-    def column(self, name: str) -> tuple[Any, TypeEngine[Any]]:
+    def column(self, name: str) -> tuple[ColumnClause[Any], TypeEngine[Any]]:
         core = self.plan.columns[name]
         return sql_column(core.name, core.type), core.type
 
@@ -453,39 +323,45 @@ class _Compiler:
     def compare(self, node: c.Compare) -> ColumnElement[bool]:
         left, right, op = node.left, node.right, node.op
         if not isinstance(left, c.Column) and isinstance(right, c.Column):
-            left, right, op = right, left, c._FLIP[op]
+            left, right, op = right, left, c.FLIP[op]
         if isinstance(left, c.Column):
-            col, ctype = self.column(left.name)
-            if isinstance(right, c.Column):
-                rhs: Any = self.column(right.name)[0]
-            elif isinstance(right, c.Literal):
-                rhs = self.literal_for(left.name, right)
-            else:
-                rhs = self.settings.for_column(right.path, self.target(ctype))
-            return c._sql_compare(col, op, rhs)
+            return self.compare_column(left, op, right)
         # Both sides are principal values or literals.
         if isinstance(left, c.Literal) and isinstance(right, c.Literal):
             try:
-                return true() if c._PY_OPS[op](left.value, right.value) else false()
+                return true() if c.PY_OPS[op](left.value, right.value) else false()
             except TypeError:
                 raise _CantExpress("literals of different types can't be compared") from None
         if isinstance(left, c.Literal):
-            left, right, op = right, left, c._FLIP[op]
+            left, right, op = right, left, c.FLIP[op]
         assert isinstance(left, c.Ref)
         if isinstance(right, c.Ref):
             return self.compare_refs(left.path, op, right.path)
-        value = right.value
+        assert isinstance(right, c.Literal)
+        return self.compare_ref_literal(left.path, op, right.value)
+
+    def compare_column(self, left: c.Column, op: str, right: c.Operand) -> ColumnElement[bool]:
+        col, ctype = self.column(left.name)
+        if isinstance(right, c.Column):
+            rhs: Any = self.column(right.name)[0]
+        elif isinstance(right, c.Literal):
+            rhs = self.literal_for(left.name, right)
+        else:
+            rhs = self.settings.for_column(right.path, self.target(ctype))
+        return c.sql_compare(col, op, rhs)
+
+    def compare_ref_literal(self, path: tuple[str, ...], op: str, value: Any) -> ColumnElement[bool]:
         if isinstance(value, str):
             if op not in ("=", "!="):
                 raise _CantExpress("principal values can be compared with text only by = and != (orderings differ)")
-            lhs, rhs = self.settings.typed(left.path, "text"), literal(value, Text())
+            lhs, rhs = self.settings.typed(path, "text"), literal(value, Text())
         else:
-            lhs, rhs = self.settings.typed(left.path, "number"), literal(int(value) if isinstance(value, bool) else value)
+            lhs, rhs = self.settings.typed(path, "number"), literal(int(value) if isinstance(value, bool) else value)
         if op in ("=", "!="):
-            self.settings.present(left.path)
+            self.settings.present(path)
             return _equal(op, lhs, rhs)
-        self.settings.guards.setdefault((left.path, "number"), lhs.is_not(None))  # else a TypeError
-        return c._sql_compare(lhs, op, rhs)
+        self.settings.guards.setdefault((path, "number"), lhs.is_not(None))  # else a TypeError
+        return c.sql_compare(lhs, op, rhs)
 
     def compare_refs(self, a: tuple[str, ...], op: str, b: tuple[str, ...]) -> ColumnElement[bool]:
         if op not in ("=", "!="):
@@ -494,7 +370,7 @@ class _Compiler:
         self.settings.present(b)
         plain = ("tenant_id", "user_id")
         if a[0] in plain and b[0] in plain:
-            return c._sql_compare(self.settings._raw(a), op, self.settings._raw(b))
+            return c.sql_compare(self.settings.raw(a), op, self.settings.raw(b))
         if a[0] not in plain and b[0] not in plain:
             # As Python: numbers and booleans compare by value (1 == True), strings as text,
             # anything else (lists) as JSON; different types are unequal.
@@ -502,12 +378,12 @@ class _Compiler:
             equal = func.coalesce(
                 num(a, "number") == num(b, "number"),
                 text_(a, "text") == text_(b, "text"),
-                self.settings._json(a) == self.settings._json(b),
+                self.settings.json(a) == self.settings.json(b),
                 False,
             )
             return not_(equal) if op == "!=" else equal
         text_side, json_side = (a, b) if a[0] in plain else (b, a)
-        return _equal(op, self.settings._raw(text_side), self.settings.typed(json_side, "text"))
+        return _equal(op, self.settings.raw(text_side), self.settings.typed(json_side, "text"))
 
     def in_(self, node: c.In) -> ColumnElement[bool]:
         left, right = node.left, node.right
@@ -518,7 +394,7 @@ class _Compiler:
                 elements = self.settings.elements(right.path)
                 if elements is None:
                     rhs = self.settings.for_column(right.path, target)
-                    return col != rhs if node.negated else col == rhs  # type: ignore[no-any-return]
+                    return col != rhs if node.negated else col == rhs
                 sub = select(cast(elements, target))
                 return col.not_in(sub) if node.negated else col.in_(sub)
             values = [self.literal_for(left.name, lit) for lit in right]
@@ -537,9 +413,11 @@ class _Compiler:
         numbers = [int(v) if isinstance(v, bool) else v for v in (lit.value for lit in right) if not isinstance(v, str)]
         parts = []
         if texts:
-            parts.append(func.coalesce(self.settings.typed(left.path, "text").in_([literal(t, Text()) for t in texts]), False))
+            as_text = self.settings.typed(left.path, "text")
+            parts.append(func.coalesce(as_text.in_([literal(t, Text()) for t in texts]), False))
         if numbers:
-            parts.append(func.coalesce(self.settings.typed(left.path, "number").in_([literal(n) for n in numbers]), False))
+            as_number = self.settings.typed(left.path, "number")
+            parts.append(func.coalesce(as_number.in_([literal(n) for n in numbers]), False))
         found = or_(*parts) if len(parts) > 1 else parts[0]
         return not_(found) if node.negated else found
 
@@ -549,14 +427,15 @@ class _Compiler:
         self.settings.present(path)
         if path[0] in ("tenant_id", "user_id"):
             kind = "text" if isinstance(needle, str) else "number"
-            return _equal("=", self.settings.typed(path, kind), literal(needle, Text()) if kind == "text" else literal(needle))
+            rhs = literal(needle, Text()) if kind == "text" else literal(needle)
+            return _equal("=", self.settings.typed(path, kind), rhs)
         listed = self.settings.listed(path)
         # JSON containment compares typed values, as Python's `in` does (where 1 == True).
         items = [func.jsonb_build_array(literal(needle, Text()) if isinstance(needle, str) else literal(needle))]
         if not isinstance(needle, str) and needle in (0, 1):
             items.append(func.jsonb_build_array(true() if needle else false()))
         found = or_(*(listed.op("@>", is_comparison=True)(item) for item in items))
-        return func.coalesce(found, False)  # type: ignore[no-any-return]
+        return func.coalesce(found, False)
 
 
 def _coerce_literal(plan: ModelPlan, name: str, value: Any) -> Any:
@@ -585,34 +464,41 @@ def generate_rls(
         plans = _toolset_plans(models)
     else:
         plans = build_plans(models, policy)
-    dialect = dialect or postgresql.dialect()
+    dialect = dialect or postgresql.dialect()  # type: ignore[no-untyped-call]
     if dialect.name != "postgresql":
         raise ValueError("row-level security is generated for PostgreSQL only")
-    statements: list[str] = []
-    unsupported: list[Unsupported] = []
+    out = RlsPlan([])
     names: set[str] = set()
-    created: list[tuple[str | None, str, str]] = []
     owners: dict[Any, str] = {}
     for model, plan in plans.items():
         table = plan.selectable
         if not isinstance(table, Table):
-            unsupported.append(Unsupported(model, "model", "mapped to more than one table (joined inheritance); "
-                                           "row-level security is per table"))  # fmt: skip
+            out.unsupported.append(Unsupported(model, "model", "mapped to more than one table (joined inheritance); "
+                                               "row-level security is per table"))  # fmt: skip
             continue
         if table in owners:
-            unsupported.append(Unsupported(model, "model", f"shares its table with {owners[table]}; "
-                                           "its rules are not added to that table's policies"))  # fmt: skip
+            out.unsupported.append(Unsupported(model, "model", f"shares its table with {owners[table]}; "
+                                               "its rules are not added to that table's policies"))  # fmt: skip
             continue
         owners[table] = model
-        statements += _model_statements(model, plan, table, dialect, names, unsupported, created)
+        target = _Table(model, plan, table, dialect, names, out)
+        for build in TABLE_STATEMENTS:
+            out.statements.extend(build(target))
+    out.unsupported.extend(_folded_settings(names))
+    out.settings.extend(sorted(names))
+    return out
+
+
+def _folded_settings(names: set[str]) -> list[Unsupported]:
+    """Settings that differ only in case: PostgreSQL reads them as one."""
     by_folded: dict[str, list[str]] = {}
     for name in sorted(names):
         by_folded.setdefault(name.lower(), []).append(name)
-    for same in by_folded.values():
-        if len(same) > 1:
-            unsupported.append(Unsupported("(policy)", f"settings {', '.join(same)}", "PostgreSQL setting names are "
-                                           "case-insensitive, so these are one setting: the toolset leaves it empty"))  # fmt: skip
-    return RlsPlan(statements, unsupported, sorted(names), created)
+    return [
+        Unsupported("(policy)", f"settings {', '.join(same)}", "PostgreSQL setting names are case-insensitive, so "
+                    "these are one setting: the toolset leaves it empty")
+        for same in by_folded.values() if len(same) > 1
+    ]  # fmt: skip
 
 
 def _toolset_plans(toolset: Any) -> dict[str, ModelPlan]:
@@ -623,92 +509,127 @@ def _toolset_plans(toolset: Any) -> dict[str, ModelPlan]:
     return {name: toolset.plan(name) for name in toolset.model_names}
 
 
-def _model_statements(
-    model: str,
-    plan: ModelPlan,
-    table: Table,
-    dialect: Dialect,
-    names: set[str],
-    unsupported: list[Unsupported],
-    created: list[tuple[str | None, str, str]],
-) -> list[str]:
-    preparer = dialect.identifier_preparer
-    qtable = preparer.format_table(table)
+@dataclass
+class _Table:
+    """One model's table, as the statement builders see it. Rules that can't be expressed are
+    reported in the plan's `unsupported`, never dropped silently."""
 
-    def render(expr: ColumnElement[bool]) -> str:
-        return str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    model: str
+    plan: ModelPlan
+    table: Table
+    dialect: Dialect
+    names: set[str]  # every setting read, across tables
+    out: RlsPlan
 
-    def attempt(rule: str, build: Callable[[_Settings], ColumnElement[bool]]) -> tuple[str, _Settings] | None:
+    @property
+    def qtable(self) -> str:
+        return self.dialect.identifier_preparer.format_table(self.table)
+
+    def attempt(self, rule: str, build: Callable[[_Settings], ColumnElement[bool]]) -> tuple[str, _Settings] | None:
         """The rule as SQL text, or None after reporting why it can't be expressed."""
         settings = _Settings(set())
         try:
-            text = render(build(settings))
+            expr = build(settings)
+            text = str(expr.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
         except _CantExpress as exc:
-            unsupported.append(Unsupported(model, rule, str(exc)))
+            self.out.unsupported.append(Unsupported(self.model, rule, str(exc)))
             return None
         except Exception as exc:  # noqa: BLE001 - e.g. a literal SQLAlchemy can't render
-            unsupported.append(Unsupported(model, rule, f"can't be rendered as SQL ({type(exc).__name__})"))
+            why = f"can't be rendered as SQL ({type(exc).__name__})"
+            self.out.unsupported.append(Unsupported(self.model, rule, why))
             return None
-        names.update(settings.names)
+        self.names.update(settings.names)
         return text, settings
 
-    # Scoping: one conjunction; each rule that can't be expressed is reported and left out.
-    scope_parts: list[str] = []
-    present: list[ColumnElement[bool]] = []
-    for fname, column, path, _ in plan.scoping:
-
-        def scope_rule(settings: _Settings, column: Any = column, path: tuple[str, ...] = path) -> ColumnElement[bool]:
-            if column.table is not table:
-                raise _CantExpress("the column is not on the model's table")
-            return _scope_clause(settings, column, path)
-
-        done = attempt(f"scoping {fname}", scope_rule)
-        if done is not None:
-            scope_parts.append(done[0])
-            present.append(done[1].scope_present(path))
-
-    def condition(node: c.Node, extra: list[ColumnElement[bool]]) -> Callable[[_Settings], ColumnElement[bool]]:
+    def condition(self, node: c.Node, extra: list[ColumnElement[bool]]) -> Callable[[_Settings], ColumnElement[bool]]:
         def build(settings: _Settings) -> ColumnElement[bool]:
-            sql = _Compiler(plan, settings).compile(node)
+            sql = _Compiler(self.plan, settings).compile(node)
             # A condition that needs a missing principal value holds for no row, like the toolset's.
             return and_(*extra, *settings.guards.values(), sql)
 
         return build
 
-    bypasses: list[str] = []
-    for rp in plan.bypasses:
-        done = attempt(f"row policy {rp.policy.name!r} (bypass)", condition(rp.condition.tree, []))
+    @cached_property
+    def scoping(self) -> tuple[list[str], list[ColumnElement[bool]]]:
+        """The scoping rules as SQL, and for each the guard that its principal value is present.
+        Each rule that can't be expressed is reported and left out."""
+        parts: list[str] = []
+        present: list[ColumnElement[bool]] = []
+        for fname, column, path, _ in self.plan.scoping:
+
+            def rule(settings: _Settings, column: Any = column, path: tuple[str, ...] = path) -> ColumnElement[bool]:
+                if column.table is not self.table:
+                    raise _CantExpress("the column is not on the model's table")
+                return _scope_clause(settings, column, path)
+
+            done = self.attempt(f"scoping {fname}", rule)
+            if done is not None:
+                parts.append(done[0])
+                present.append(done[1].scope_present(path))
+        return parts, present
+
+    def policy(self, kind: str, label: str, mode: str, command: str, using: str, check: bool) -> list[str]:
+        """DROP and CREATE of one policy on the table."""
+        raw = _policy_name(kind, label)
+        self.out.policies.append((self.table.schema, self.table.name, raw))
+        name = self.dialect.identifier_preparer.quote(raw)
+        ddl = f"CREATE POLICY {name} ON {self.qtable} AS {mode} FOR {command} USING ({using})"
+        return [f"DROP POLICY IF EXISTS {name} ON {self.qtable}", ddl + (f" WITH CHECK ({using})" if check else "")]
+
+
+# The statements for one table, in order. Each builder returns its statements and reports what it
+# can't express; to emit something more for every table, write a builder and add it here.
+
+
+def _enable(t: _Table) -> list[str]:
+    """Row-level security on, for the table owner too (FORCE)."""
+    return [f"ALTER TABLE {t.qtable} ENABLE ROW LEVEL SECURITY", f"ALTER TABLE {t.qtable} FORCE ROW LEVEL SECURITY"]
+
+
+def _scope_policy(t: _Table) -> list[str]:
+    """`ormai_scope`: the bypass conditions OR the scoping rules, for reads and writes."""
+    parts, _ = t.scoping
+    bypasses = []
+    for rp in t.plan.bypasses:
+        done = t.attempt(f"row policy {rp.policy.name!r} (bypass)", t.condition(rp.condition.tree, []))
         if done is not None:
             bypasses.append(done[0])
-
-    out = [
-        f"ALTER TABLE {qtable} ENABLE ROW LEVEL SECURITY",
-        f"ALTER TABLE {qtable} FORCE ROW LEVEL SECURITY",
-    ]
-
-    def create(kind: str, label: str, mode: str, command: str, using: str, check: bool) -> None:
-        raw = _policy_name(kind, label)
-        created.append((table.schema, table.name, raw))
-        pname = preparer.quote(raw)
-        out.append(f"DROP POLICY IF EXISTS {pname} ON {qtable}")
-        ddl = f"CREATE POLICY {pname} ON {qtable} AS {mode} FOR {command} USING ({using})"
-        out.append(ddl + (f" WITH CHECK ({using})" if check else ""))
-
-    if plan.scoping and scope_parts:
-        scope = " AND ".join(f"({p})" for p in scope_parts) if len(scope_parts) > 1 else scope_parts[0]
+    if t.plan.scoping and parts:
+        scope = " AND ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
         using = " OR ".join([f"({b})" for b in bypasses] + [f"({scope})"]) if bypasses else scope
     else:
         using = "true"
-    create("scope", "", "PERMISSIVE", "ALL", using, True)
-    for rp in plan.permits:
-        done = attempt(f"row policy {rp.policy.name!r}", condition(rp.condition.tree, present))
+    return t.policy("scope", "", "PERMISSIVE", "ALL", using, True)
+
+
+def _permit_policies(t: _Table) -> list[str]:
+    """`ormai_permit_<name>` per permit row policy: widens reads only, and only when every
+    scoping value is present."""
+    _, present = t.scoping
+    out: list[str] = []
+    for rp in t.plan.permits:
+        done = t.attempt(f"row policy {rp.policy.name!r}", t.condition(rp.condition.tree, present))
         if done is not None:
-            create("permit", rp.policy.name, "PERMISSIVE", "SELECT", done[0], False)
-    for rp in plan.restricts:
-        done = attempt(f"row policy {rp.policy.name!r}", condition(rp.condition.tree, []))
-        if done is not None:
-            create("restrict", rp.policy.name, "RESTRICTIVE", "ALL", done[0], True)
+            out += t.policy("permit", rp.policy.name, "PERMISSIVE", "SELECT", done[0], False)
     return out
+
+
+def _restrict_policies(t: _Table) -> list[str]:
+    """`ormai_restrict_<name>` per restrict row policy, RESTRICTIVE, for reads and writes."""
+    out: list[str] = []
+    for rp in t.plan.restricts:
+        done = t.attempt(f"row policy {rp.policy.name!r}", t.condition(rp.condition.tree, []))
+        if done is not None:
+            out += t.policy("restrict", rp.policy.name, "RESTRICTIVE", "ALL", done[0], True)
+    return out
+
+
+TABLE_STATEMENTS: tuple[Callable[[_Table], list[str]], ...] = (
+    _enable,
+    _scope_policy,
+    _permit_policies,
+    _restrict_policies,
+)
 
 
 def _policy_name(kind: str, label: str) -> str:
@@ -748,7 +669,9 @@ def generate_rls_for_database(
                 raise PolicyError("; ".join(f.message for f in findings))
         plan = generate_rls(models, policy, dialect=engine.dialect)
         default_schema = conn.execute(select(func.current_schema())).scalar_one()
-        pg_policies = sql_table("pg_policies", sql_column("schemaname"), sql_column("tablename"), sql_column("policyname"))
+        pg_policies = sql_table(
+            "pg_policies", sql_column("schemaname"), sql_column("tablename"), sql_column("policyname")
+        )
         existing = conn.execute(
             select(pg_policies.c.schemaname, pg_policies.c.tablename, pg_policies.c.policyname).where(
                 pg_policies.c.policyname.startswith("ormai_", autoescape=True)
