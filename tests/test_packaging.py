@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,66 @@ def test_import_pulls_in_no_framework() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.strip() == ""
+
+
+# Run in a fresh interpreter: `import ormai_agents`, then a call of a toolset built with rls=True
+# on PostgreSQL (the settings are set, on a temporary table no other run sees).
+_FRESH = r"""
+import asyncio, json, sys
+import ormai_agents
+after_import = sorted(sys.modules)
+from sqlalchemy import Integer, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from ormai_agents import FieldAction, ModelPolicy, Policy, Principal, RunContext, Toolset
+
+class Base(DeclarativeBase):
+    pass
+
+class Item(Base):
+    __tablename__ = "ormai_fresh_items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(20))
+
+fields = {"id": FieldAction.Allow, "tenant_id": FieldAction.Allow}
+policy = Policy(models={"Item": ModelPolicy(fields=fields, scoping={"tenant_id": "principal.tenant_id"})})
+toolset = Toolset(Base, policy, rls=True)
+with create_engine(sys.argv[1]).connect() as conn:
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE ormai_fresh_items (id integer PRIMARY KEY, tenant_id varchar(20))")
+    conn.exec_driver_sql("INSERT INTO ormai_fresh_items VALUES (1, 'acme'), (2, 'globex')")
+    with Session(bind=conn) as session:
+        ctx = RunContext(Principal(tenant_id="acme"), session)
+        page = asyncio.run(toolset.query(ctx, model="Item"))
+        tenant = session.connection().exec_driver_sql("SELECT current_setting('ormai.tenant_id', true)").scalar()
+print(json.dumps({"after_import": after_import, "after_call": sorted(sys.modules), "rows": page.rows,
+                  "tenant_setting": tenant}))
+"""
+# What `import ormai_agents` and a call must not load: the command line, lint and reflection,
+# the RLS DDL generator, eval, the demo, and any framework or optional extra.
+TOOL_MODULES = ("ormai_agents.cli", "ormai_agents.lint", "ormai_agents._reflect", "ormai_agents.rls",
+                "ormai_agents.eval", "ormai_agents.demo", "ormai_agents.testing")  # fmt: skip
+EXTRAS = ("langchain", "langchain_core", "langgraph", "llama_index", "mcp", "typer", "rich", "yaml", "cryptography",
+          "starlette", "uvicorn", "httpx", "fastapi", "pymysql", "aiomysql", "asyncpg", "psycopg", "aiosqlite")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_import_and_a_call_load_no_tool_module_and_no_extra() -> None:
+    from tests.conftest import pg_url, require_postgres
+
+    require_postgres()
+    url = pg_url("psycopg").render_as_string(hide_password=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _FRESH, url], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout)
+
+    def loaded(names: list[str], prefixes: tuple[str, ...]) -> list[str]:
+        return [m for m in names if any(m == p or m.startswith(p + ".") for p in prefixes)]
+
+    assert loaded(seen["after_import"], TOOL_MODULES + EXTRAS) == []
+    # The call ran under row-level security settings, loading only their runtime half.
+    assert seen["rows"] == [{"id": 1, "tenant_id": "acme"}] and seen["tenant_setting"] == "acme"
+    assert "ormai_agents._rls_settings" in seen["after_call"]
+    assert loaded(seen["after_call"], TOOL_MODULES) == []
 
 
 def test_public_names() -> None:
