@@ -181,9 +181,16 @@ async def _probe(conn: Any) -> None:
     except Exception:
         # Without an answer every text comparison keeps its byte check; the error is the call's.
         log.warning("ormai_agents: could not read the column collations; text comparisons stay byte-exact")
-        remember_probe(dialect, None)
+        if remember_probe(dialect, None):
+            _engine_of(conn).clear_compiled_cache()
         raise
-    remember_probe(dialect, rows)
+    if remember_probe(dialect, rows):
+        # A collation changed: statements compiled under the old answer are compiled again.
+        _engine_of(conn).clear_compiled_cache()
+
+
+def _engine_of(conn: Any) -> Any:
+    return conn.sync_engine if hasattr(conn, "sync_engine") else conn.engine
 
 
 async def _maybe_await(value: Any) -> Any:

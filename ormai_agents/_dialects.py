@@ -21,6 +21,8 @@ not the dialect: see `ormai_agents._budget.INTERRUPTERS`.
 
 from __future__ import annotations
 
+import math
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 __all__ = [
+    "PROBE_SECONDS",
     "Capabilities",
     "capabilities",
     "exact_compare",
@@ -192,20 +195,26 @@ def exact_in(column: Any, values: Sequence[Any], negated: bool = False) -> Colum
 
 # Where a column's own comparison is already exact (PostgreSQL text under a deterministic
 # collation: equal means byte-equal), the byte comparison above only costs time, once per row the
-# scope matches. Which columns of a database may fold is read from its catalog once per engine
-# (`probe_statement`, `remember_probe`), before the engine runs any statement of the toolset; a
-# column it lists, and every column of an engine not probed, keeps the byte comparison.
+# scope matches. Which columns of a database may fold is read from its catalog (`probe_statement`,
+# `remember_probe`) before the engine runs any statement of the toolset, and read again at most
+# `PROBE_SECONDS` later on the engine's next call, so a collation changed while the application
+# runs takes effect within that time (the engine's compiled statements are then dropped). A column
+# the catalog lists, and every column of an engine not probed, keeps the byte comparison.
+PROBE_SECONDS = 60.0
 _FOLDING: weakref.WeakKeyDictionary[Dialect, frozenset[tuple[str, str]] | None] = weakref.WeakKeyDictionary()
+_PROBED_AT: weakref.WeakKeyDictionary[Dialect, float] = weakref.WeakKeyDictionary()
 _EXACT_TYPES = ("text", "varchar", "bpchar", "name")
 
 
 def probe_statement(dialect: Dialect) -> Any | None:
     """A statement listing (table, column) of every text column whose equality may fold on this
-    database, when it must run before the engine's first statement; None when it need not."""
-    if dialect in _FOLDING:
+    database, when it must run before the engine's next statement; None when it need not."""
+    probed = _PROBED_AT.get(dialect)
+    if probed is not None and (probed == math.inf or time.monotonic() - probed < PROBE_SECONDS):
         return None
     if dialect.name != "postgresql":
         _FOLDING[dialect] = None  # nothing to learn: the byte comparison stays
+        _PROBED_AT[dialect] = math.inf
         return None
     attribute = table("pg_attribute", column("attrelid"), column("attname"), column("attnum"),
                       column("attisdropped"), column("atttypid"), column("attcollation"), schema="pg_catalog")
@@ -226,9 +235,16 @@ def probe_statement(dialect: Dialect) -> Any | None:
     )  # fmt: skip
 
 
-def remember_probe(dialect: Dialect, rows: Sequence[Any] | None) -> None:
-    """Record what `probe_statement` found (None: it failed, keep every byte comparison)."""
-    _FOLDING[dialect] = None if rows is None else frozenset((str(r[0]), str(r[1])) for r in rows)
+def remember_probe(dialect: Dialect, rows: Sequence[Any] | None) -> bool:
+    """Record what `probe_statement` found (None: it failed, keep every byte comparison).
+
+    True when the answer differs from the one before: statements compiled under the old answer
+    must then be compiled again (`Engine.clear_compiled_cache`)."""
+    found = None if rows is None else frozenset((str(r[0]), str(r[1])) for r in rows)
+    changed = dialect in _FOLDING and _FOLDING[dialect] != found
+    _FOLDING[dialect] = found
+    _PROBED_AT[dialect] = time.monotonic()
+    return changed
 
 
 def _compares_exactly(dialect: Dialect, expr: Any) -> bool:

@@ -110,3 +110,24 @@ def test_an_engine_not_probed_keeps_every_byte_check() -> None:
     # A dialect the toolset has not asked (or whose answer failed) renders the byte comparison.
     clause = exact_equals(Plain.__table__.c.tenant_id, "acme")
     assert _byte_twin() in str(clause.compile(dialect=postgresql.dialect()))
+
+
+@pytest.mark.parametrize("empty_backend", ["postgres"], indirect=True)
+async def test_a_collation_changed_while_running_is_seen_again(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ormai_agents import _dialects  # noqa: PLC2701 - its probe interval
+
+    toolset = Toolset(Base, POLICY)
+    with backend.session() as db:
+        ctx = RunContext(Principal(tenant_id="acme"), db)
+        assert sorted(r["id"] for r in (await toolset.query(ctx, model="Plain")).rows) == [1, 4]
+        db.commit()
+        # A migration gives the scope column a case-insensitive collation while the toolset runs.
+        db.execute(text("ALTER TABLE probe_plain ALTER COLUMN tenant_id TYPE varchar(40) COLLATE probe_ci"))
+        db.commit()
+        monkeypatch.setattr(_dialects, "PROBE_SECONDS", 0.0)  # the next call reads the catalog again
+        with captured(backend, tables="probe_plain") as statements:
+            rows = (await toolset.query(ctx, model="Plain")).rows
+        assert sorted(r["id"] for r in rows) == [1, 4]  # 'ACME' and 'Acme' still out of acme's scope
+        assert statements and all(_byte_twin() in sql for sql, _ in statements)
