@@ -183,18 +183,33 @@ class Worker:
         await self.call(tenant, "execute_approved", f"{self.name}-execute", approval_id=self.config["approval_id"])
 
     async def run(self) -> None:
+        if self.config.get("log"):
+            def dump() -> None:
+                for task in asyncio.all_tasks():
+                    sys.stderr.write(f"--- {task.get_name()}\n")
+                    coro: Any = task.get_coro()
+                    while coro is not None:
+                        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+                        if frame is not None:
+                            sys.stderr.write(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+                        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+        out(started=time.time())
         try:
             await getattr(self, self.config["mode"])()
         finally:
             await self.audit.aclose()
+            out(finished=time.time())
             await self.engine.dispose()
-        out(done=True)
 
 
 if __name__ == "__main__":
     settings = json.loads(sys.argv[1])
     if settings.get("log"):
+        import faulthandler
         import logging
 
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     asyncio.run(Worker(settings).run())

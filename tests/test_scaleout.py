@@ -10,9 +10,12 @@ straight from the server as the owner.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -76,25 +79,59 @@ def owner(pooler: Pooler) -> Iterator[Engine]:
     engine.dispose()
 
 
-def start(pooler: Pooler, **config: Any) -> subprocess.Popen[str]:
-    driver = config.setdefault("driver", "asyncpg")
-    config.setdefault("url", pooler.url(driver, pooled=config.get("pooled", True)).render_as_string(hide_password=False))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.scaleout_worker", json.dumps(config)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+class Worker:
+    """A worker process whose JSON lines go to a file: a full pipe would stop its event loop, and a
+    process stopped in the middle of a transaction holds one of PgBouncer's server connections."""
+
+    def __init__(self, pooler: Pooler, config: dict[str, Any]) -> None:
+        driver = config.setdefault("driver", "asyncpg")
+        config.setdefault("url", pooler.url(driver, pooled=config.get("pooled", True)).render_as_string(hide_password=False))
+        # Files of their own, opened for appending: the worker's offset is never the reader's.
+        directory = tempfile.mkdtemp(prefix="ormai-worker-")
+        self.path, self.error_path = os.path.join(directory, "out.jsonl"), os.path.join(directory, "err.txt")
+        with open(self.path, "a") as out, open(self.error_path, "a") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.scaleout_worker", json.dumps(config)],
+                cwd=ROOT, stdout=out, stderr=err, text=True,
+            )  # fmt: skip
+
+    def lines(self) -> list[dict[str, Any]]:
+        with open(self.path) as fh:
+            text = fh.read()
+        complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+    def wait_for(self, count: int, key: str = "call", timeout: float = 60) -> list[dict[str, Any]]:
+        """Once at least `count` lines with `key` were written."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines() if key in line]
+            if len(found) >= count:
+                return found
+            assert self.process.poll() is None, "the worker ended early"
+            time.sleep(0.02)
+        raise TimeoutError(f"fewer than {count} {key!r} lines")
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def finish(self, timeout: float = 60) -> list[dict[str, Any]]:
+        self.process.wait(timeout=timeout)
+        with open(self.error_path) as fh:
+            errors = fh.read()
+        assert self.process.returncode in (0, -signal.SIGKILL), errors[-3000:]
+        lines = self.lines()
+        shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+        return lines
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 60) -> list[dict[str, Any]]:
-    stdout, stderr = process.communicate(timeout=timeout)
-    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
-    return lines
+def start(pooler: Pooler, **config: Any) -> Worker:
+    return Worker(pooler, config)
 
 
 def run(pooler: Pooler, configs: list[dict[str, Any]], timeout: float = 60) -> list[list[dict[str, Any]]]:
-    processes = [start(pooler, **c) for c in configs]
-    return [finish(p, timeout) for p in processes]
+    workers = [start(pooler, **c) for c in configs]
+    return [w.finish(timeout) for w in workers]
 
 
 def calls(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -242,26 +279,14 @@ def test_cursors_and_approvals_work_across_processes(pooler: Pooler, owner: Engi
 
 
 def test_sigterm_stores_the_batched_read_records(pooler: Pooler, owner: Engine) -> None:
-    process = start(pooler, mode="serve", name="term", calls=20, audit={"batch_size": 1000, "flush_interval": 60})
-    assert process.stdout is not None
-    ready = json.loads(next(line for line in process.stdout if '"ready"' in line))
+    worker = start(pooler, mode="serve", name="term", calls=20, audit={"batch_size": 1000, "flush_interval": 60})
+    (ready,) = worker.wait_for(1, key="ready")
     assert ready["pending"] == 20  # batched, not yet stored
     assert audit_records(owner, "term-") == []
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=30)
-    assert process.returncode == 0
+    worker.signal(signal.SIGTERM)
+    worker.finish(timeout=30)
+    assert worker.process.returncode == 0
     assert sorted(r["request_id"] for r in audit_records(owner, "term-")) == sorted(f"term-read-{k}" for k in range(20))
-
-
-def wait_for(process: subprocess.Popen[str], lines: int) -> list[dict[str, Any]]:
-    """The first `lines` call lines of a running worker."""
-    assert process.stdout is not None
-    seen: list[dict[str, Any]] = []
-    for line in process.stdout:
-        seen.append(json.loads(line))
-        if len(seen) >= lines:
-            return seen
-    raise AssertionError("the worker ended early")
 
 
 def check_writes(owner: Engine, prefix: str, reported: list[dict[str, Any]]) -> Counter[str]:
@@ -292,10 +317,10 @@ def check_writes(owner: Engine, prefix: str, reported: list[dict[str, Any]]) -> 
 
 
 def test_sigkill_mid_writes_leaves_no_partial_write_and_a_true_audit_trail(pooler: Pooler, owner: Engine) -> None:
-    process = start(pooler, mode="creates", name="kill", tasks=6)
-    reported = wait_for(process, 60)
-    process.send_signal(signal.SIGKILL)  # in the middle of the writes of six tasks
-    reported += finish(process)
+    worker = start(pooler, mode="creates", name="kill", tasks=6)
+    worker.wait_for(60)
+    worker.signal(signal.SIGKILL)  # in the middle of the writes of six tasks
+    reported = worker.finish()
     outcomes = check_writes(owner, "kill", reported)
     assert outcomes["success"] >= 60
 
@@ -303,7 +328,7 @@ def test_sigkill_mid_writes_leaves_no_partial_write_and_a_true_audit_trail(poole
 def test_killed_server_connections_retry_reads_and_never_duplicate_writes(pooler: Pooler, owner: Engine) -> None:
     readers = start(pooler, mode="mixed", name="fr", tasks=6, calls=60, writes=False)
     writers = start(pooler, mode="creates", name="fw", tasks=4)
-    wait_for(writers, 20)
+    writers.wait_for(20)
 
     def kill_backends() -> int:
         with owner.connect() as conn:
@@ -322,9 +347,9 @@ def test_killed_server_connections_retry_reads_and_never_duplicate_writes(pooler
             killed += kill_backends()
     assert killed > 0
     time.sleep(0.4)
-    writers.send_signal(signal.SIGKILL)
-    reads = finish(readers, timeout=120)
-    writes = finish(writers)
+    writers.signal(signal.SIGKILL)
+    reads = readers.finish(timeout=120)
+    writes = writers.finish()
     # Reads were retried on a new connection: none failed, none saw another tenant's row, and
     # every one is in the audit trail once.
     assert Counter(c["outcome"] for c in calls(reads)) == {"success": len(calls(reads))} and len(calls(reads)) == 360
