@@ -18,9 +18,10 @@ reflects the database with SQLAlchemy's `inspect` and reports:
 - `scope-column-writable`: updates are allowed and a scoping column is neither immutable nor
   auto-set on update.
 - `cross-scope-reference` (warning): a foreign key from a model into a scoped model the agent
-  may delete from, that does not carry the scope (`orders.customer_id → customers.id` instead of `(tenant_id, customer_id)
-  → customers(tenant_id, id)`): rows of one tenant may refer to another's, and deleting a row
-  still referred to by rows its tenant can't see fails with `constraint_violation`.
+  may delete from, that does not carry the scope (`orders.customer_id → customers.id` instead of
+  `(tenant_id, customer_id) → customers(tenant_id, id)`): rows of one tenant may refer to
+  another's, and deleting a row still referred to by rows its tenant can't see fails with
+  `constraint_violation`.
 - `unmappable-table`: a table without a primary key (reflected mode only).
 - `policy-error`: the Toolset refuses the policy (the message says why).
 - `scope-collation` (warning): a scoping column whose collation folds case, accents or trailing
@@ -35,22 +36,28 @@ Without `models`, each policy model name is matched to a reflected table: an exp
 snake_case plural (`OrderItem` → `OrderItem`, `orderitem`, `order_item`, `order_items`,
 `order_itemes`, `order_itemies` for names ending in y, e.g. `Category` → `categories`).
 Field names are then column names.
+
+Adding a check is one function in this module: decorate it with `@model_check` (called with each
+policy model found in the database, in policy order) or `@policy_check` (called once, after the
+model checks, with everything they found), return its findings, and list its code above. Checks
+run in the order they are defined; the `Finding.code` is stable and documented.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
-from sqlalchemy import Boolean, MetaData, Table, func, inspect
 from sqlalchemy import column as sql_column
+from sqlalchemy import func, inspect
 from sqlalchemy import select as sql_select
 from sqlalchemy import table as sql_table
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, class_mapper
+from sqlalchemy.orm import Mapper, class_mapper
 
 from ormai_agents._conditions import (
     BoolOp,
@@ -63,105 +70,101 @@ from ormai_agents._conditions import (
     columns_used,
     parse_condition,
 )
-from ormai_agents._dialects import capabilities
+from ormai_agents._dialects import Capabilities, capabilities
 from ormai_agents._errors import PolicyError
 from ormai_agents._plan import _mapped_classes
-from ormai_agents._toolspecs import snake
-from ormai_agents.policy import FieldAction, ModelPolicy, Policy, WriteAction
+from ormai_agents._reflect import Finding, Severity, reflect_models, table_candidates
+from ormai_agents.policy import FieldAction, ModelPolicy, Policy, RowPolicy, WriteAction
 
-__all__ = ["TENANT_COLUMNS", "Finding", "lint_policy", "reflect_models", "table_candidates"]
+__all__ = [
+    "TENANT_COLUMNS",
+    "Finding",
+    "LintContext",
+    "ModelView",
+    "Severity",
+    "lint_policy",
+    "model_check",
+    "policy_check",
+    "reflect_models",
+    "table_candidates",
+]
 
 TENANT_COLUMNS = frozenset(
     {"tenant_id", "tenant", "tenantid", "org_id", "organization_id", "organisation_id", "account_id",
      "workspace_id", "company_id", "team_id"}  # fmt: skip
 )
 
-Severity = Literal["error", "warning"]
 
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem: a stable `code`, the model it concerns, what is wrong and how to fix it."""
-
-    code: str
-    model: str | None
-    message: str
-    fix: str = ""
-    severity: Severity = "error"
-
-
-def table_candidates(model: str) -> list[str]:
-    """The table names tried for a policy model name, in order (see the module docstring)."""
-    s = snake(model)
-    plural = [s + "s", s + "es"] + ([s[:-1] + "ies"] if s.endswith("y") else [])
-    return list(dict.fromkeys([model, model.lower(), s, *plural]))
-
-
-def reflect_models(
-    bind: Engine | Connection,
-    policy: Policy,
-    *,
-    tables: Mapping[str, str] | None = None,
-    schema: str | None = None,
-) -> tuple[list[type], list[Finding]]:
-    """Mapped classes named after the policy's models, built from the database's tables.
-
-    Returns the classes and the findings for models that could not be mapped.
-    """
-    inspector = inspect(bind)
-    existing = set(inspector.get_table_names(schema=schema)) | set(inspector.get_view_names(schema=schema))
-    findings: list[Finding] = []
-
-    class Reflected(DeclarativeBase):
-        metadata = MetaData(schema=schema)
-
-    classes: list[type] = []
-    for name in policy.models:
-        explicit = (tables or {}).get(name)
-        candidates = [explicit] if explicit else table_candidates(name)
-        table_name = next((t for t in candidates if t in existing), None)
-        if table_name is None:
-            findings.append(
-                Finding(
-                    "unknown-model",
-                    name,
-                    f"no table for model {name!r} (tried: {', '.join(candidates)})",
-                    f"map it explicitly (--table {name}=TABLE), pass --models, or remove {name} from the policy",
-                )
-            )
-            continue
-        table = Table(table_name, Reflected.metadata, autoload_with=bind, listeners=[("column_reflect", _reflected_type)])
-        if not table.primary_key.columns:
-            findings.append(
-                Finding(
-                    "unmappable-table",
-                    name,
-                    f"table {table_name!r} has no primary key, so {name} can't be mapped",
-                    "add a primary key, or pass the application's models with --models",
-                )
-            )
-            continue
-        classes.append(type(name, (Reflected,), {"__table__": table}))
-    return classes, findings
-
-
-def _reflected_type(inspector: Any, table: Any, info: dict[str, Any]) -> None:
-    """MySQL and MariaDB store booleans as TINYINT(1): map them back to Boolean, so policy
-    literals such as `is_public = true` fit the reflected column."""
-    kind = info.get("type")
-    if getattr(kind, "display_width", None) == 1 and type(kind).__name__ == "TINYINT":
-        info["type"] = Boolean()
-
-
-@dataclass(slots=True)
-class _View:
-    """A policy model as it exists in the database: attribute → column name, and the table."""
+@dataclass
+class ModelView:
+    """A policy model as it exists in the database: attribute → column name, and its table."""
 
     name: str
     policy: ModelPolicy
     table: str
     schema: str | None
     columns: dict[str, str]
+    db_columns: set[str]  # the table's columns, as the database reports them
+
+    @cached_property
+    def conditions(self) -> list[tuple[RowPolicy, Node | ConditionSyntaxError]]:
+        """Each row policy with its parsed condition, or the syntax error that stopped it."""
+        out: list[tuple[RowPolicy, Node | ConditionSyntaxError]] = []
+        for rp in self.policy.row_policies:
+            try:
+                out.append((rp, parse_condition(rp.condition)))
+            except ConditionSyntaxError as exc:
+                out.append((rp, exc))
+        return out
+
+    @property
+    def trees(self) -> list[tuple[RowPolicy, Node]]:
+        return [(rp, t) for rp, t in self.conditions if not isinstance(t, ConditionSyntaxError)]
+
+    @property
+    def scoped(self) -> list[str]:
+        """The scoping attributes that are columns of the model."""
+        return [a for a in self.policy.scoping if a in self.columns]
+
+    @property
+    def restricts(self) -> list[tuple[RowPolicy, Node]]:
+        return [(rp, t) for rp, t in self.trees if not rp.bypass and rp.mode == "restrict"]
+
+
+@dataclass
+class LintContext:
+    """What every check may read: the policy, the database, the models found in it, and the
+    findings so far."""
+
+    policy: Policy
+    bind: Engine | Connection
+    inspector: Any
+    source: Any  # the models the Toolset is built from: mapped classes or what `models` named
+    classes: dict[str, type]  # mapped class by name
+    views: list[ModelView] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @cached_property
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.bind.dialect)
+
+
+ModelCheck = Callable[[LintContext, ModelView], Iterable[Finding]]
+PolicyCheck = Callable[[LintContext], Iterable[Finding]]
+MODEL_CHECKS: list[ModelCheck] = []
+POLICY_CHECKS: list[PolicyCheck] = []
+
+
+def model_check(check: ModelCheck) -> ModelCheck:
+    """Register a check run with each policy model found in the database."""
+    MODEL_CHECKS.append(check)
+    return check
+
+
+def policy_check(check: PolicyCheck) -> PolicyCheck:
+    """Register a check run once, after the model checks."""
+    POLICY_CHECKS.append(check)
+    return check
 
 
 def lint_policy(
@@ -173,78 +176,80 @@ def lint_policy(
     schema: str | None = None,
 ) -> list[Finding]:
     """Every finding for `policy` on the database behind `bind` (see the module docstring)."""
-    findings: list[Finding] = []
     if models is None:
-        classes, findings = reflect_models(bind, policy, tables=tables, schema=schema)
+        classes, found = reflect_models(bind, policy, tables=tables, schema=schema)
         source: Any = classes
     else:
-        classes = _mapped_classes(models)
+        classes, found = _mapped_classes(models), []
         source = models
-    by_name = {getattr(c, "__name__", ""): c for c in classes}
-    inspector = inspect(bind)
-    views: list[_View] = []
+    ctx = LintContext(policy, bind, inspect(bind), source, {getattr(c, "__name__", ""): c for c in classes})
+    ctx.findings += found
     for name, mp in policy.models.items():
-        cls = by_name.get(name)
-        if cls is None:
-            if models is not None:
-                findings.append(
-                    Finding("unknown-model", name, f"model {name!r} is not among the mapped classes",
-                            f"fix the name (mapped classes: {', '.join(sorted(by_name)) or 'none'}) or remove it")  # fmt: skip
-                )
-            continue
-        mapper = class_mapper(cls)
-        local = mapper.local_table
-        table_name = str(getattr(local, "name", ""))
-        table_schema = getattr(local, "schema", None) or schema
-        if models is not None and not inspector.has_table(table_name, schema=table_schema):
-            findings.append(
-                Finding("unknown-model", name, f"the database has no table {table_name!r} for model {name!r}",
-                        "create the table (run the migrations) or point --db at the right database")  # fmt: skip
+        view = _view(ctx, name, mp, schema, mapped_only=models is not None)
+        if view is not None:
+            ctx.views.append(view)
+    for view in ctx.views:
+        for check in MODEL_CHECKS:
+            ctx.findings += check(ctx, view)
+    for policy_wide in POLICY_CHECKS:
+        ctx.findings += policy_wide(ctx)
+    return ctx.findings
+
+
+def _view(ctx: LintContext, name: str, mp: ModelPolicy, schema: str | None, mapped_only: bool) -> ModelView | None:
+    """The model as it exists in the database, or None (with a finding when `models` were given)."""
+    cls = ctx.classes.get(name)
+    if cls is None:
+        if mapped_only:
+            known = ", ".join(sorted(ctx.classes)) or "none"
+            ctx.findings.append(
+                Finding("unknown-model", name, f"model {name!r} is not among the mapped classes",
+                        f"fix the name (mapped classes: {known}) or remove it")  # fmt: skip
             )
-            continue
-        columns = {
-            prop.key: prop.columns[0].name
-            for prop in mapper.column_attrs
-            if len(prop.columns) == 1 and hasattr(prop.columns[0], "table")
-        }
-        views.append(_View(name, mp, table_name, table_schema, columns))
-
-    for view in views:
-        db_columns = {c["name"] for c in inspector.get_columns(view.table, schema=view.schema)}
-        if view.policy.allowed:
-            for attr, col in view.columns.items():
-                if col not in db_columns:
-                    findings.append(
-                        Finding("unknown-field", view.name,
-                                f"{view.name}.{attr} is mapped to column {col!r}, which table {view.table!r} lacks",
-                                "run the migrations or remove the column from the model")  # fmt: skip
-                    )
-        findings += _check_model(view, db_columns, inspector)
-    findings += _cross_scope_references(policy, by_name)
-
-    findings += _database_findings(views, bind)
-
-    if not any(f.code in ("unknown-model", "unknown-field", "bad-condition") for f in findings):
-        from ormai_agents.toolset import Toolset
-
-        try:
-            Toolset(source, policy)
-        except PolicyError as exc:
-            findings.append(Finding("policy-error", None, str(exc), "fix the policy as the message says"))
-    return findings
-
-
-def _check_model(view: _View, db_columns: set[str], inspector: Any) -> list[Finding]:
-    out: list[Finding] = []
-    mp, name = view.policy, view.name
-
-    def unknown(where: str, attr: str) -> None:
-        out.append(
-            Finding("unknown-field", name, f"{where} names {attr!r}, which is not a column of {name}",
-                    f"columns of {name}: {', '.join(view.columns)}")  # fmt: skip
+        return None
+    mapper: Mapper[Any] = class_mapper(cls)
+    local = mapper.local_table
+    table_name = str(getattr(local, "name", ""))
+    table_schema = getattr(local, "schema", None) or schema
+    if mapped_only and not ctx.inspector.has_table(table_name, schema=table_schema):
+        ctx.findings.append(
+            Finding("unknown-model", name, f"the database has no table {table_name!r} for model {name!r}",
+                    "create the table (run the migrations) or point --db at the right database")  # fmt: skip
         )
+        return None
+    columns = {
+        prop.key: prop.columns[0].name
+        for prop in mapper.column_attrs
+        if len(prop.columns) == 1 and hasattr(prop.columns[0], "table")
+    }
+    db_columns = {c["name"] for c in ctx.inspector.get_columns(table_name, schema=table_schema)}
+    return ModelView(name, mp, table_name, table_schema, columns, db_columns)
 
-    wp = mp.write_policy
+
+# --- checks of one model ---------------------------------------------------------------------------
+
+
+def _unknown(view: ModelView, where: str, attr: str) -> Finding:
+    return Finding("unknown-field", view.name, f"{where} names {attr!r}, which is not a column of {view.name}",
+                   f"columns of {view.name}: {', '.join(view.columns)}")  # fmt: skip
+
+
+@model_check
+def mapped_columns_exist(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """unknown-field: a mapped column the table lacks (an allowed model)."""
+    if not view.policy.allowed:
+        return
+    for attr, col in view.columns.items():
+        if col not in view.db_columns:
+            yield Finding("unknown-field", view.name,
+                          f"{view.name}.{attr} is mapped to column {col!r}, which table {view.table!r} lacks",
+                          "run the migrations or remove the column from the model")  # fmt: skip
+
+
+@model_check
+def named_columns_exist(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """unknown-field: fields, scoping and write options naming no column."""
+    mp, wp = view.policy, view.policy.write_policy
     for where, names in (
         ("fields", list(mp.fields)),
         ("scoping", list(mp.scoping)),
@@ -253,95 +258,183 @@ def _check_model(view: _View, db_columns: set[str], inspector: Any) -> list[Find
         ("write_policy.immutable_fields", wp.immutable_fields),
         ("write_policy.required_fields", wp.required_fields),
     ):
-        for attr in names:
-            if attr not in view.columns:
-                unknown(where, attr)
+        yield from (_unknown(view, where, attr) for attr in names if attr not in view.columns)
 
-    trees: list[tuple[Any, Node]] = []
-    for rp in mp.row_policies:
-        try:
-            tree = parse_condition(rp.condition)
-        except ConditionSyntaxError as exc:
-            out.append(Finding("bad-condition", name, f"row policy {rp.name!r}: {exc}", "fix the condition's syntax"))
+
+@model_check
+def row_policy_conditions(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """bad-condition, and unknown-field for the columns a condition names."""
+    for rp, tree in view.conditions:
+        if isinstance(tree, ConditionSyntaxError):
+            yield Finding("bad-condition", view.name, f"row policy {rp.name!r}: {tree}", "fix the condition's syntax")
             continue
         for attr in sorted(columns_used(tree)):
             if attr not in view.columns:
-                unknown(f"row policy {rp.name!r}", attr)
-        trees.append((rp, tree))
-    if not mp.allowed:
-        return out
+                yield _unknown(view, f"row policy {rp.name!r}", attr)
 
-    scoped = [a for a in mp.scoping if a in view.columns]
-    restricts = [(rp, t) for rp, t in trees if not rp.bypass and rp.mode == "restrict"]
 
-    # Tenant-like columns with nothing tying them to the principal.
-    if not mp.scoping:
-        for attr, col in view.columns.items():
-            if col.lower() not in TENANT_COLUMNS:
-                continue
-            if any(attr in _principal_tied(t) for _, t in restricts):
-                continue
-            out.append(
-                Finding("unscoped-tenant-column", name,
-                        f"{name} has a tenant-like column {attr!r} but no scoping: the agent sees every tenant's rows",
-                        f"add scoping: {{{attr}: principal.tenant_id}} (or the principal path that holds it)")  # fmt: skip
-            )
+@model_check
+def unscoped_tenant_columns(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """unscoped-tenant-column: tenant-like columns with nothing tying them to the principal."""
+    if not view.policy.allowed or view.policy.scoping:
+        return
+    for attr, col in view.columns.items():
+        if col.lower() not in TENANT_COLUMNS or any(attr in _principal_tied(t) for _, t in view.restricts):
+            continue
+        yield Finding("unscoped-tenant-column", view.name,
+                      f"{view.name} has a tenant-like column {attr!r} but no scoping: the agent sees every "
+                      "tenant's rows",
+                      f"add scoping: {{{attr}: principal.tenant_id}} (or the principal path that holds "
+                      "it)")  # fmt: skip
 
-    # Scoping columns that lead no index.
-    if scoped:
-        scope_cols = {view.columns[a] for a in scoped}
-        keys: list[list[str]] = [list(ix.get("column_names") or []) for ix in inspector.get_indexes(view.table, schema=view.schema)]
-        keys.append(list(inspector.get_pk_constraint(view.table, schema=view.schema).get("constrained_columns") or []))
-        with contextlib.suppress(NotImplementedError):  # dialects without the reflection
-            keys += [list(u.get("column_names") or []) for u in inspector.get_unique_constraints(view.table, schema=view.schema)]
-        for attr in scoped:
-            col = view.columns[attr]
-            if col not in db_columns:
-                continue
-            if not any(_leads(key, col, scope_cols) for key in keys):
-                out.append(
-                    Finding("unindexed-scope-column", name,
-                            f"scoping column {view.table}.{col} is not the leading column of any index: every call scans the table",
-                            f"CREATE INDEX ix_{view.table}_{col} ON {view.table} ({col}), or index=True on the mapped column",
-                            "warning")  # fmt: skip
-                )
 
-    # Restrict policies on a scoping column: ANDed with the scope, they can't widen it.
-    for rp, tree in restricts:
-        tied = _principal_tied(tree) & set(scoped)
+@model_check
+def unindexed_scope_columns(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """unindexed-scope-column: scoping columns that lead no index."""
+    scoped = view.scoped
+    if not view.policy.allowed or not scoped:
+        return
+    scope_cols = {view.columns[a] for a in scoped}
+    keys = _index_keys(ctx.inspector, view)
+    for attr in scoped:
+        col = view.columns[attr]
+        if col in view.db_columns and not any(_leads(key, col, scope_cols) for key in keys):
+            yield Finding("unindexed-scope-column", view.name,
+                          f"scoping column {view.table}.{col} is not the leading column of any index: every call "
+                          "scans the table",
+                          f"CREATE INDEX ix_{view.table}_{col} ON {view.table} ({col}), or index=True on the mapped "
+                          "column",
+                          "warning")  # fmt: skip
+
+
+def _index_keys(inspector: Any, view: ModelView) -> list[list[str]]:
+    """The column lists of the table's indexes, primary key and unique constraints."""
+    keys = [list(ix.get("column_names") or []) for ix in inspector.get_indexes(view.table, schema=view.schema)]
+    keys.append(list(inspector.get_pk_constraint(view.table, schema=view.schema).get("constrained_columns") or []))
+    with contextlib.suppress(NotImplementedError):  # dialects without the reflection
+        uniques = inspector.get_unique_constraints(view.table, schema=view.schema)
+        keys += [list(u.get("column_names") or []) for u in uniques]
+    return keys
+
+
+@model_check
+def restrict_grants_nothing(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """restrict-grants-nothing: restrict policies on a scoping column (ANDed with the scope, they
+    can't widen it)."""
+    if not view.policy.allowed:
+        return
+    scoping = view.policy.scoping
+    for rp, tree in view.restricts:
+        tied = _principal_tied(tree) & set(view.scoped)
         if tied:
             col = sorted(tied)[0]
-            out.append(
-                Finding("restrict-grants-nothing", name,
-                        f"row policy {rp.name!r} is mode='restrict' (the default), so it is ANDed with the scoping "
-                        f"({col} = {mp.scoping[col]}): it can only narrow the rows, never add rows outside the scope",
-                        f"to grant the rows it matches in addition to the scoped ones, set mode: permit on {rp.name!r} "
-                        f"(scope OR condition); or scope with {{{col}: <principal list path>}}; or remove it if it "
-                        "only repeats the scope")  # fmt: skip
-            )
+            yield Finding("restrict-grants-nothing", view.name,
+                          f"row policy {rp.name!r} is mode='restrict' (the default), so it is ANDed with the scoping "
+                          f"({col} = {scoping[col]}): it can only narrow the rows, never add rows outside the scope",
+                          f"to grant the rows it matches in addition to the scoped ones, set mode: permit on "
+                          f"{rp.name!r} (scope OR condition); or scope with {{{col}: <principal list path>}}; or "
+                          "remove it if it only repeats the scope")  # fmt: skip
 
-    # Writes that leave the tenant to the agent.
-    if wp.create is not WriteAction.Deny:
-        tenant_like = [a for a, c in view.columns.items() if c.lower() in TENANT_COLUMNS and a not in scoped]
-        for attr in scoped + tenant_like:
-            if attr not in wp.auto_set:
-                what = "scoping column" if attr in scoped else "tenant-like column"
-                out.append(
-                    Finding("create-without-auto-set", name,
-                            f"creates are allowed but {what} {attr!r} is not auto-set: the agent must send the tenant itself",
-                            f"add write_policy.auto_set: {{{attr}: {mp.scoping.get(attr, 'principal.tenant_id')}}}")  # fmt: skip
-                )
-    if wp.update is not WriteAction.Deny or wp.bulk_update is not WriteAction.Deny:
-        for attr in scoped:
-            fp = mp.fields.get(attr)
-            action = fp.action if fp is not None else mp.default_field_action
-            if action is FieldAction.Allow and attr not in wp.immutable_fields and attr not in wp.auto_set_on_update:
-                out.append(
-                    Finding("scope-column-writable", name,
-                            f"updates are allowed and scoping column {attr!r} can be changed by the agent",
-                            f"add {attr!r} to write_policy.immutable_fields")  # fmt: skip
-                )
-    return out
+
+@model_check
+def create_without_auto_set(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """create-without-auto-set: creates that leave the tenant to the agent."""
+    mp = view.policy
+    if not mp.allowed or mp.write_policy.create is WriteAction.Deny:
+        return
+    scoped = view.scoped
+    tenant_like = [a for a, c in view.columns.items() if c.lower() in TENANT_COLUMNS and a not in scoped]
+    for attr in scoped + tenant_like:
+        if attr not in mp.write_policy.auto_set:
+            what = "scoping column" if attr in scoped else "tenant-like column"
+            path = mp.scoping.get(attr, "principal.tenant_id")
+            yield Finding("create-without-auto-set", view.name,
+                          f"creates are allowed but {what} {attr!r} is not auto-set: the agent must send the tenant "
+                          "itself",
+                          f"add write_policy.auto_set: {{{attr}: {path}}}")  # fmt: skip
+
+
+@model_check
+def scope_column_writable(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """scope-column-writable: updates that may move a row to another tenant."""
+    mp, wp = view.policy, view.policy.write_policy
+    if not mp.allowed or (wp.update is WriteAction.Deny and wp.bulk_update is WriteAction.Deny):
+        return
+    for attr in view.scoped:
+        fp = mp.fields.get(attr)
+        action = fp.action if fp is not None else mp.default_field_action
+        if action is FieldAction.Allow and attr not in wp.immutable_fields and attr not in wp.auto_set_on_update:
+            yield Finding("scope-column-writable", view.name,
+                          f"updates are allowed and scoping column {attr!r} can be changed by the agent",
+                          f"add {attr!r} to write_policy.immutable_fields")  # fmt: skip
+
+
+# --- checks of the whole policy ------------------------------------------------------------------
+
+
+@policy_check
+def cross_scope_references(ctx: LintContext) -> Iterable[Finding]:
+    """cross-scope-reference (see `_cross_scope_references`)."""
+    return _cross_scope_references(ctx.policy, ctx.classes)
+
+
+@policy_check
+def no_row_level_security(ctx: LintContext) -> Iterable[Finding]:
+    """no-row-level-security: MySQL and MariaDB have none."""
+    name = ctx.capabilities.name
+    if name in ("mysql", "mariadb"):
+        yield Finding("no-row-level-security", None,
+                      f"{name} has no row-level security: the toolset's scoping is the only barrier between "
+                      "tenants in this database (a raw query or another service sees every tenant)",
+                      "connect the agents as a database user granted only the tables and operations the policy "
+                      "allows; PostgreSQL adds row-level security (ormai-agents rls)", "warning")  # fmt: skip
+
+
+@policy_check
+def scope_collations(ctx: LintContext) -> Iterable[Finding]:
+    """scope-collation: scoping columns whose collation folds case, accents or trailing spaces."""
+    dialect = ctx.capabilities.name
+    for view in ctx.views:
+        scoped = [view.columns[a] for a in view.scoped]
+        if not view.policy.allowed or not scoped:
+            continue
+        collations = _collations(ctx.bind, view)
+        for col in scoped:
+            collation = collations.get(col)
+            folds = _folds(dialect, collation)
+            if folds:
+                yield _collation_finding(view, col, collation, folds, _EXACT_COLLATIONS.get(dialect))
+
+
+def _collation_finding(
+    view: ModelView, col: str, collation: str | None, folds: list[str], exact: str | None
+) -> Finding:
+    fix = (
+        f"give {view.table}.{col} a binary, NO PAD collation: COLLATE {exact} "
+        f"(String(n, collation=\"{exact}\") on the mapped column)"
+        if exact else f"declare {view.table}.{col} without {collation}"
+    )
+    return Finding("scope-collation", view.name,
+                   f"scoping column {view.table}.{col} has collation {collation}, which folds {' and '.join(folds)}: "
+                   "the toolset still matches the principal exactly, but its index lookup also reads every "
+                   "look-alike tenant's rows, and the application's own queries and unique keys treat "
+                   "'ACME', 'acme' and 'acme ' as one tenant", fix, "warning")  # fmt: skip
+
+
+@policy_check
+def policy_errors(ctx: LintContext) -> Iterable[Finding]:
+    """policy-error: the Toolset refuses the policy (checked once the names are right)."""
+    if any(f.code in ("unknown-model", "unknown-field", "bad-condition") for f in ctx.findings):
+        return
+    from ormai_agents.toolset import Toolset
+
+    try:
+        Toolset(ctx.source, ctx.policy)
+    except PolicyError as exc:
+        yield Finding("policy-error", None, str(exc), "fix the policy as the message says")
+
+
+# --- helpers -----------------------------------------------------------------------------------------
 
 
 def _cross_scope_references(policy: Policy, classes: Mapping[str, Any]) -> list[Finding]:
@@ -358,7 +451,8 @@ def _cross_scope_references(policy: Policy, classes: Mapping[str, Any]) -> list[
         if not mp.allowed:
             continue
         attr_of = {c: p.key for p in class_mapper(classes[name]).column_attrs for c in p.columns}
-        for fk in sorted(getattr(table, "foreign_key_constraints", ()), key=lambda c: [e.parent.name for e in c.elements]):
+        keys = getattr(table, "foreign_key_constraints", ())
+        for fk in sorted(keys, key=lambda c: [e.parent.name for e in c.elements]):
             target = by_table.get(fk.referred_table)
             if target is None or not target[1].scoping or target[1].write_policy.delete is WriteAction.Deny:
                 continue  # an unscoped target is shared by every scope; without deletes nothing fails
@@ -367,7 +461,8 @@ def _cross_scope_references(policy: Policy, classes: Mapping[str, Any]) -> list[
             pairs = {(attr_of.get(e.parent), tattr_of.get(e.column)) for e in fk.elements}
             missing = [
                 (col, path) for col, path in tmp.scoping.items()
-                if not any(mp.scoping.get(local) == path and remote == col for local, remote in pairs)
+                if not any(local is not None and mp.scoping.get(local) == path and remote == col
+                           for local, remote in pairs)
             ]  # fmt: skip
             if not missing:
                 continue
@@ -393,45 +488,7 @@ _COLUMNS = sql_table(
 )  # fmt: skip
 
 
-def _database_findings(views: list[_View], bind: Engine | Connection) -> list[Finding]:
-    """What the database adds to the policy: collations that fold on scoping columns, no RLS."""
-    caps = capabilities(bind.dialect)
-    out: list[Finding] = []
-    if caps.name in ("mysql", "mariadb"):
-        out.append(
-            Finding("no-row-level-security", None,
-                    f"{caps.name} has no row-level security: the toolset's scoping is the only barrier between "
-                    "tenants in this database (a raw query or another service sees every tenant)",
-                    "connect the agents as a database user granted only the tables and operations the policy "
-                    "allows; PostgreSQL adds row-level security (ormai-agents rls)", "warning")  # fmt: skip
-        )
-    for view in views:
-        scoped = [view.columns[a] for a in view.policy.scoping if a in view.columns]
-        if not view.policy.allowed or not scoped:
-            continue
-        collations = _collations(bind, view)
-        for col in scoped:
-            collation = collations.get(col)
-            folds = _folds(caps.name, collation)
-            if not folds:
-                continue
-            exact = _EXACT_COLLATIONS.get(caps.name)
-            fix = (
-                f"give {view.table}.{col} a binary, NO PAD collation: COLLATE {exact} "
-                f"(String(n, collation=\"{exact}\") on the mapped column)"
-                if exact else f"declare {view.table}.{col} without {collation}"
-            )
-            out.append(
-                Finding("scope-collation", view.name,
-                        f"scoping column {view.table}.{col} has collation {collation}, which folds {' and '.join(folds)}: "
-                        "the toolset still matches the principal exactly, but its index lookup also reads every "
-                        "look-alike tenant's rows, and the application's own queries and unique keys treat "
-                        "'ACME', 'acme' and 'acme ' as one tenant", fix, "warning")  # fmt: skip
-            )
-    return out
-
-
-def _collations(bind: Engine | Connection, view: _View) -> dict[str, str | None]:
+def _collations(bind: Engine | Connection, view: ModelView) -> dict[str, str | None]:
     """Column name -> collation name, as the database reports it (None: the binary default)."""
     if bind.dialect.name in ("mysql", "mariadb"):
         schema = view.schema if view.schema is not None else func.database()
@@ -456,7 +513,8 @@ def _collations(bind: Engine | Connection, view: _View) -> dict[str, str | None]
             m = re.search(rf"""(?:^|[,(])\s*["`\[]?{re.escape(col)}["`\]]?\s[^,]*?\bCOLLATE\s+["`]?(\w+)""", ddl, re.I)
             out[col] = m.group(1) if m else None
         return out
-    return {c["name"]: getattr(c["type"], "collation", None) for c in inspect(bind).get_columns(view.table, schema=view.schema)}
+    reflected = inspect(bind).get_columns(view.table, schema=view.schema)
+    return {c["name"]: getattr(c["type"], "collation", None) for c in reflected}
 
 
 def _folds(dialect: str, collation: str | None) -> list[str]:

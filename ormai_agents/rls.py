@@ -662,7 +662,7 @@ def generate_rls_for_database(
         if engine.dialect.name != "postgresql":
             raise PolicyError("row-level security needs PostgreSQL; the database given is " + engine.dialect.name)
         if models is None:
-            from ormai_agents.lint import reflect_models
+            from ormai_agents._reflect import reflect_models
 
             models, findings = reflect_models(conn, policy, tables=tables, schema=schema)
             if findings:

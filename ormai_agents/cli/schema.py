@@ -155,7 +155,7 @@ def models_for(
     if models:
         return models_option(models)
     if db:
-        from ormai_agents.lint import reflect_models
+        from ormai_agents._reflect import reflect_models
 
         tables = table_map(table)
         with database(db) as engine:
