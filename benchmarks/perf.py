@@ -313,26 +313,38 @@ async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> No
             stmt = select(*cols).where(t.c.tenant_id == tenant, t.c.status == "pending").order_by(t.c.id).limit(50)
             (await conn.execute(stmt)).mappings().all()
 
-    async def drive(fn: Callable[[int], Awaitable[None]]) -> float:
+    latencies: dict[str, list[float]] = {"raw": [], "ours": []}
+
+    async def drive(fn: Callable[[int], Awaitable[None]], side: str) -> float:
         queue = iter(range(total))
+        perf = time.perf_counter
 
         async def worker() -> None:
             for i in queue:
+                t0 = perf()
                 await fn(i)
+                latencies[side].append(perf() - t0)
 
-        start = time.perf_counter()
+        start = perf()
         await asyncio.gather(*(worker() for _ in range(width)))
-        return total / (time.perf_counter() - start)
+        return total / (perf() - start)
 
-    await drive(raw)  # warm the pool
+    await drive(raw, "raw")  # warm the pool
+    latencies["raw"].clear()
     rates: dict[str, list[float]] = {"raw": [], "ours": []}
     for _ in range(3):
-        rates["raw"].append(await drive(raw))
-        rates["ours"].append(await drive(ours))
+        rates["raw"].append(await drive(raw, "raw"))
+        rates["ours"].append(await drive(ours, "ours"))
     await engine.dispose()
     r, o = statistics.median(rates["raw"]), statistics.median(rates["ours"])
+
+    def p(side: str, q: int) -> float:
+        return statistics.quantiles(latencies[side], n=100)[q - 1] * 1000
+
     print(f"\nconcurrency (PostgreSQL, asyncpg, {width} in flight, {total} calls x3): "
-          f"raw {r:,.0f} calls/s   ours {o:,.0f} calls/s   ratio raw/ours {r / o:.2f}   rows of another tenant: {bleed}")  # fmt: skip
+          f"raw {r:,.0f} calls/s   ours {o:,.0f} calls/s   ours/raw {o / r:.2f}   "
+          f"p50 raw {p('raw', 50):.1f} ms ours {p('ours', 50):.1f} ms   "
+          f"p99 raw {p('raw', 99):.1f} ms ours {p('ours', 99):.1f} ms   rows of another tenant: {bleed}")  # fmt: skip
     if bleed:
         raise SystemExit("principal bleed under load")
 

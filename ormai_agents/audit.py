@@ -1097,6 +1097,7 @@ class SqlAuditStore:
         self.in_caller_transaction = in_caller_transaction
         self.metadata = MetaData()
         self.table = audit_table(self.metadata, table_name, schema)
+        self._insert_row = insert(self.table)
         self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending, background=True)
         self._same_database: dict[Engine, bool] = {}
 
@@ -1221,7 +1222,9 @@ class SqlAuditStore:
             row = self._row(record)
         except (ValueError, TypeError, RecursionError, AttributeError):
             row = self._row(storable_record(record))
-        await DbHandle(db).execute(insert(self.table).values(row), action="store the audit record")
+        # One INSERT for the table, its values as parameters: building `.values(row)` per record
+        # cost more than sending it.
+        await DbHandle(db).execute(self._insert_row, row, action="store the audit record")
 
     async def flush(self) -> None:
         """Store every queued record now; raises (and keeps them queued) on failure."""
