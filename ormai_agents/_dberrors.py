@@ -47,12 +47,19 @@ _BAD_VALUE_MESSAGES = {
     "too_long": "A value is longer than its field allows. Nothing was written; shorten it.",
     "out_of_range": "A number is out of the range its field allows. Nothing was written.",
     "bad_value": (
-        "A value can't be stored in its field (a wrong type, or characters the field's character "
-        "set can't hold). Nothing was written."
+        "A value can't be stored in or compared with its field (out of its range, a wrong type, or "
+        "characters the field's character set can't hold). Nothing was written."
     ),
 }
 # (A failed MySQL statement leaves the transaction usable, so no rollback is owed on these.)
 _MYSQL_BAD_VALUES = {1406: "too_long", 1264: "out_of_range", 1366: "bad_value", 1292: "bad_value"}
+# PostgreSQL's data exceptions (class 22) on a value: the server's (psycopg) or asyncpg's own, which
+# refuses a value its column type can't encode (an int beyond int4, a decimal beyond numeric) with
+# 22000 before sending it.
+_PG_BAD_VALUES = {
+    "22001": "too_long", "22003": "out_of_range", "22000": "bad_value", "22P02": "bad_value",
+    "22007": "bad_value", "22008": "bad_value", "22021": "bad_value", "22P05": "bad_value",
+}  # fmt: skip
 
 
 def _sqlstate(error: BaseException | None) -> str | None:
@@ -144,7 +151,7 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
             raise IntegrityConstraintError(
                 _CONSTRAINT_MESSAGES[kind] + " Nothing was written.", details={"constraint": kind}
             ) from None
-        bad_value = _MYSQL_BAD_VALUES.get(code or 0)
+        bad_value = _MYSQL_BAD_VALUES.get(code or 0) if code is not None else _PG_BAD_VALUES.get(state or "")
         if bad_value is not None:
             log.info("ormai_agents: a value did not fit its column while trying to %s", action, exc_info=error)
             raise ValidationError(_BAD_VALUE_MESSAGES[bad_value]) from None

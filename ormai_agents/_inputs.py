@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement
 from ormai_agents._errors import FieldNotAllowedError, ValidationError
 from ormai_agents._operations import FILTER_OPERATORS, FILTER_OPS
 from ormai_agents._plan import FieldInfo, ModelPlan, RelationInfo
+from ormai_agents._types import check_text
 from ormai_agents.policy import Policy
 
 MAX_FILTERS = 50
@@ -253,8 +254,12 @@ def _pair(info: FieldInfo, op: str, value: Any, i: int) -> Any:
 def _text(info: FieldInfo, op: str, value: Any, i: int) -> Any:
     if info.pytype is not str:
         raise ValidationError(f"Filter {i}: {op} applies to text fields only")
-    if not isinstance(value, str) or "\x00" in value:
-        raise ValidationError(f"Filter {i}: {op} takes a text value (without NUL characters)")
+    if not isinstance(value, str):
+        raise ValidationError(f"Filter {i}: {op} takes a text value")
+    try:
+        check_text(value)
+    except ValueError as exc:
+        raise ValidationError(f"Filter {i}: {op}: {exc}") from None
     _check_text(info, value, i)
     return value
 

@@ -278,7 +278,7 @@ async def fetch(call: Call, stmt: Any, params: dict[str, Any] | None = None) -> 
     except TransientDatabaseError:
         if not fresh:
             raise
-    except DatabaseError:
+    except (DatabaseError, ValidationError):  # ValidationError: a value the database refused
         # A failed statement aborts a PostgreSQL transaction; when this call opened it, roll it
         # back so the host's session stays usable for the next call.
         if fresh:

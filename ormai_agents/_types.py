@@ -62,6 +62,18 @@ def _adapter(pt: type) -> TypeAdapter[Any]:
     return TypeAdapter(pt)
 
 
+def check_text(value: str) -> None:
+    """Refuse text no database takes: NUL (PostgreSQL text can't hold it) and lone surrogates
+    (no driver can encode them), here rather than in the driver."""
+    if "\x00" in value:
+        raise ValueError("text can't contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (a lone surrogate is not a character)") from None
+
+
 def make_coercer(pt: type | None) -> Callable[[Any], Any]:
     """A function turning a JSON-ish value into `pt`, raising ValueError with a short reason."""
     if pt is None:
@@ -77,8 +89,7 @@ def make_coercer(pt: type | None) -> Callable[[Any], Any]:
         if value is None:
             raise ValueError("null is not a value here; use the is_null operator")
         if is_str and type(value) is str:
-            if "\x00" in value:  # PostgreSQL text can't hold it: refuse here, not in the driver
-                raise ValueError("text can't contain NUL characters")
+            check_text(value)
             return value  # the common case, without a validation round trip
         if isinstance(value, (list, dict, tuple, set)) or (is_int and isinstance(value, bool)):
             raise ValueError(f"expected a single {json_type_name(pt)} value")
