@@ -53,13 +53,11 @@ _BAD_VALUE_MESSAGES = {
 }
 # (A failed MySQL statement leaves the transaction usable, so no rollback is owed on these.)
 _MYSQL_BAD_VALUES = {1406: "too_long", 1264: "out_of_range", 1366: "bad_value", 1292: "bad_value"}
-# PostgreSQL's data exceptions (class 22) on a value: the server's (psycopg) or asyncpg's own, which
-# refuses a value its column type can't encode (an int beyond int4, a decimal beyond numeric) with
-# 22000 before sending it.
-_PG_BAD_VALUES = {
-    "22001": "too_long", "22003": "out_of_range", "22000": "bad_value", "22P02": "bad_value",
-    "22007": "bad_value", "22008": "bad_value", "22021": "bad_value", "22P05": "bad_value",
-}  # fmt: skip
+# PostgreSQL's data exceptions on a bound value: the server's (psycopg's typed parameters) or
+# asyncpg's own 22000, raised before sending a value its column type can't encode (an int beyond
+# int4, a decimal beyond numeric). Not 22P02 (text cast to a type): that is a policy's cast of a
+# principal value under row-level security, the host's to fix, not the agent's.
+_PG_BAD_VALUES = {"22001": "too_long", "22003": "out_of_range", "22000": "bad_value", "22021": "bad_value"}
 
 
 def _sqlstate(error: BaseException | None) -> str | None:
