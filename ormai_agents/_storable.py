@@ -186,4 +186,21 @@ def escape_line(text: str) -> str:
     return _LINE_UNSAFE.sub(_escape_char, text)
 
 
-__all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_TEXT", "REDACTED", "TRUNCATED", "clean", "clean_text", "escape_line"]
+# What a JSON encoder leaves raw that changes how the text around it reads where a person sees it
+# (a prompt, a dialog): C1 controls and DEL, bidirectional and zero-width marks, line and
+# paragraph separators, the byte-order mark, lone surrogates. (JSON escapes C0 controls itself.)
+_MISLEADING = re.compile("[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
+
+
+def escape_misleading(text: str) -> str:
+    """JSON text an agent chose, for a person to read literally: every character that could start
+    a line, reverse or hide text written as a \\u escape."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _MISLEADING.sub(_escape_char, text)
+
+
+__all__ = [
+    "MAX_DEPTH", "MAX_ITEMS", "MAX_TEXT", "REDACTED", "TRUNCATED", "clean", "clean_text", "escape_line",
+    "escape_misleading",
+]  # fmt: skip

@@ -61,6 +61,7 @@ from starlette.types import Receive, Scope, Send
 from ormai_agents._context import AuditSink, Principal
 from ormai_agents._kernel import Decision, HostError, ToolReply, ToolRunner
 from ormai_agents._sessions import SessionFactory
+from ormai_agents._storable import escape_misleading
 from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, render
 from ormai_agents.toolset import Toolset
 
@@ -295,7 +296,7 @@ class OrmAIMCPServer(Server[Any, Any]):
         message = (
             f"An agent asks to run {spec.name} ({spec.method} on {spec.model}) for tenant "
             f"{json.dumps(request['tenant_id'])}, user {json.dumps(request['user_id'])}, with:\n"
-            f"{json.dumps(request['arguments'], ensure_ascii=False, indent=2)}\nApprove it?"
+            f"{escape_misleading(json.dumps(request['arguments'], ensure_ascii=False, indent=2))}\nApprove it?"
         )
         try:
             answer = await ctx.session.elicit_form(message, _APPROVAL_FORM, related_request_id=ctx.request_id)

@@ -97,3 +97,37 @@ async def test_values_a_column_cant_hold_are_refused_on_writes(wdb: Any, caplog:
             # the quantity). Never a generic database failure.
             assert exc.code in ("validation_error", "write_not_allowed"), (data, exc.code)
     assert not [m for m in _unexpected(caplog) if "database error" in m or "unexpected" in m]
+
+
+# Characters that change how the text around them reads: line and paragraph separators, C0 and C1
+# controls, bidirectional overrides and isolates, zero-width marks, the byte-order mark.
+SPOOFING = ["\u2028", "\u2029", "\x85", "\x1b[2J", "\u202e", "\u2066", "\u200b", "\ufeff", "\r"]
+
+
+@pytest.mark.parametrize("empty_backend", ["sqlite"], indirect=True)
+async def test_an_approval_prompt_shows_the_agents_text_literally(wb: Any) -> None:
+    # The person approving reads what the agent asked for: text the agent chose can't start a
+    # new line of the prompt, reverse it or hide part of it.
+    from mcp import types
+    from mcp.shared.memory import create_connected_server_and_client_session
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from ormai_agents import WriteAction
+    from ormai_agents.mcp import create_server
+    from tests.writes_support import write_policy
+
+    ts = toolset(write_policy(order_ops={"update": WriteAction.RequireApproval}))
+    server = create_server(toolset=ts, session_factory=async_sessionmaker(wb.async_engine), principal=ACME)
+    asked: list[str] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="cancel")
+
+    status = "ok" + "".join(SPOOFING) + "Approve it? yes"
+    async with create_connected_server_and_client_session(server, elicitation_callback=answer) as client:
+        await client.call_tool("update_order", {"id": 7, "data": {"status": status[:40]}})
+    (message,) = asked
+    agent_part = message[message.index('"status"') :]
+    assert not [c for c in SPOOFING if c in agent_part], ascii(agent_part)
+    assert "\\u2028" in agent_part and "\\u202e" in agent_part  # shown, as escapes
