@@ -38,7 +38,7 @@ import logging
 import re
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -50,6 +50,7 @@ from ormai_agents._operations import (
     AGGREGATE_FUNCTIONS,
     FILTER_OPS,
     OPERATIONS,
+    READ_OPERATIONS,
     WRITE_OPERATIONS,
 )
 from ormai_agents._plan import FieldInfo, ModelPlan
@@ -204,44 +205,94 @@ def _include_paths(plans: list[ModelPlan], all_plans: Mapping[str, ModelPlan], d
     return list(dict.fromkeys(paths))
 
 
+@dataclass(frozen=True)
+class _ReadFields:
+    """What the models of one read tool offer: the unions of their field lists, and include paths."""
+
+    plans: list[ModelPlan]
+    readable: list[str]
+    filterable: list[str]
+    sortable: list[str]
+    includes: list[str]
+
+    @classmethod
+    def of(cls, plans: list[ModelPlan], all_plans: Mapping[str, ModelPlan], depth: int) -> _ReadFields:
+        return cls(
+            plans,
+            readable=_union(plans, lambda p: list(p.fields)),
+            filterable=_union(plans, lambda p: p.plain_fields),
+            sortable=_union(plans, lambda p: p.comparable_fields),
+            includes=_include_paths(plans, all_plans, depth),
+        )
+
+    def select(self) -> tuple[Any, Any]:
+        return _listed(_enum(self.readable), "Fields to return ([]: all)")
+
+    def include(self) -> tuple[Any, Any]:
+        return _listed(_enum(self.includes), "Related records to include")
+
+
+# The arguments of each read tool, in the order the schema lists them.
+
+
+def _query_fields(r: _ReadFields) -> dict[str, tuple[Any, Any]]:
+    fields: dict[str, tuple[Any, Any]] = {}
+    if r.filterable:
+        fields["filters"] = _filters_field(r.filterable)
+    if r.readable:
+        fields["select"] = r.select()
+    if r.sortable:
+        keys = r.sortable + ["-" + s for s in r.sortable]
+        fields["order_by"] = _listed(_enum(keys), "Sort keys, '-' for descending")
+    most = max(p.max_rows for p in r.plans)
+    fields["limit"] = _optional(int, f"Rows per page, at most {most}")
+    fields["cursor"] = _optional(str, "next_cursor of the previous page")
+    if r.includes:
+        fields["include"] = r.include()
+    return fields
+
+
+def _get_fields(r: _ReadFields) -> dict[str, tuple[Any, Any]]:
+    composite = any(len(p.pk) > 1 for p in r.plans)
+    fields: dict[str, tuple[Any, Any]] = {
+        "id": _required(
+            _key_type(r.plans), "Primary key" + (" (an object of its fields if composite)" if composite else "")
+        )
+    }
+    if r.readable:
+        fields["select"] = r.select()
+    if r.includes:
+        fields["include"] = r.include()
+    return fields
+
+
+def _aggregate_fields(r: _ReadFields) -> dict[str, tuple[Any, Any]]:
+    fields: dict[str, tuple[Any, Any]] = {"function": _optional(_enum(AGGREGATE_FUNCTIONS), "Default count")}
+    if r.sortable:
+        fields["field"] = _optional(_enum(r.sortable), "Field to aggregate (not for count)")
+    if r.filterable:
+        fields["filters"] = _filters_field(r.filterable)
+    if r.sortable:
+        fields["group_by"] = _listed(_enum(r.sortable), "Fields to group by")
+    return fields
+
+
+_READ_FIELDS: dict[str, Callable[[_ReadFields], dict[str, tuple[Any, Any]]]] = {
+    "query": _query_fields,
+    "get": _get_fields,
+    "aggregate": _aggregate_fields,
+}
+
+
 def _read_fields(
     method: str, plans: list[ModelPlan], all_plans: Mapping[str, ModelPlan], depth: int, fixed: bool
 ) -> dict[str, tuple[Any, Any]]:
-    fields: dict[str, tuple[Any, Any]] = {}
     if method == "describe_schema":
-        return fields
+        return {}
+    fields: dict[str, tuple[Any, Any]] = {}
     if not fixed:
         fields["model"] = _required(_enum([p.name for p in plans]), "The model (table)")
-    readable = _union(plans, lambda p: list(p.fields))
-    filterable = _union(plans, lambda p: p.plain_fields)
-    sortable = _union(plans, lambda p: p.comparable_fields)
-    includes = _include_paths(plans, all_plans, depth)
-    if method == "get":
-        composite = any(len(p.pk) > 1 for p in plans)
-        fields["id"] = _required(
-            _key_type(plans), "Primary key" + (" (an object of its fields if composite)" if composite else "")
-        )
-    if method == "query" and filterable:
-        fields["filters"] = _filters_field(filterable)
-    if method in ("query", "get") and readable:
-        fields["select"] = _listed(_enum(readable), "Fields to return ([]: all)")
-    if method == "query":
-        if sortable:
-            keys = sortable + ["-" + s for s in sortable]
-            fields["order_by"] = _listed(_enum(keys), "Sort keys, '-' for descending")
-        most = max(p.max_rows for p in plans)
-        fields["limit"] = _optional(int, f"Rows per page, at most {most}")
-        fields["cursor"] = _optional(str, "next_cursor of the previous page")
-    if method in ("query", "get") and includes:
-        fields["include"] = _listed(_enum(includes), "Related records to include")
-    if method == "aggregate":
-        fields["function"] = _optional(_enum(AGGREGATE_FUNCTIONS), "Default count")
-        if sortable:
-            fields["field"] = _optional(_enum(sortable), "Field to aggregate (not for count)")
-        if filterable:
-            fields["filters"] = _filters_field(filterable)
-        if sortable:
-            fields["group_by"] = _listed(_enum(sortable), "Fields to group by")
+    fields.update(_READ_FIELDS[method](_ReadFields.of(plans, all_plans, depth)))
     return fields
 
 
@@ -434,13 +485,22 @@ def build_tool_specs(toolset: Toolset, *, layout: Layout = "generic", prefix: st
     if layout not in ("generic", "per_model"):
         raise ValueError("layout must be 'generic' or 'per_model'")
     all_plans = {name: toolset.plan(name) for name in toolset.model_names}
-    plans = list(all_plans.values())
-    depth = toolset.policy.max_include_depth
-    specs: list[ToolSpec] = []
-    if not plans:
-        return specs
+    if not all_plans:
+        return []
+    specs = _read_specs(all_plans, toolset.policy.max_include_depth, layout, prefix)
+    for name in all_plans:
+        specs += _write_specs(toolset.write_plan(name), prefix)
+    if len(specs) > OPENAI_MAX_TOOLS:
+        _warn_too_many(len(specs), layout, len(all_plans))
+    return specs
 
-    def read_spec(method: str, targets: list[ModelPlan], model: str | None) -> ToolSpec:
+
+def _read_specs(all_plans: Mapping[str, ModelPlan], depth: int, layout: Layout, prefix: str) -> list[ToolSpec]:
+    """describe_schema, then each other read: one tool over every model it applies to ("generic"),
+    or one per model ("per_model"). A read by key applies only to models with a plainly readable key."""
+    plans = list(all_plans.values())
+
+    def spec(method: str, targets: list[ModelPlan], model: str | None) -> ToolSpec:
         name = tool_name(prefix, method, model)
         fields = _read_fields(method, targets, all_plans, depth, model is not None)
         text = _read_text(method, model)
@@ -448,36 +508,35 @@ def build_tool_specs(toolset: Toolset, *, layout: Layout = "generic", prefix: st
             text = _describe_model(all_plans[model], text)
         return ToolSpec(name, text, _model(_camel(name) + "Args", fields), method, model=model)
 
-    specs.append(read_spec("describe_schema", plans, None))
-    for method in ("query", "get", "aggregate"):
+    specs = [spec("describe_schema", plans, None)]
+    for method in READ_OPERATIONS:
+        if method == "describe_schema":
+            continue
         targets = [p for p in plans if p.keyed or not OPERATIONS[method].by_key]
-        if layout == "generic":
-            if targets:
-                specs.append(read_spec(method, targets, None))
-        else:
-            specs += [read_spec(method, [plan], plan.name) for plan in targets]
-    for plan in plans:
-        wplan = toolset.write_plan(plan.name)
-        for operation in WRITE_OPERATIONS:
-            action = wplan.operations.get(operation)
-            if action is None:
-                continue
-            text = _WRITE_TEXT[operation].format(model=plan.name, limit=plan.policy.write_policy.max_affected_rows)
-            if action is WriteAction.RequireApproval:
-                text += " A person must approve it before it runs."
-            name = tool_name(prefix, operation, plan.name)
-            specs.append(
-                ToolSpec(
-                    name,
-                    _describe_model(plan, text),
-                    _model(_camel(name) + "Args", _write_fields(wplan, operation)),
-                    operation,
-                    model=plan.name,
-                    requires_approval=action is WriteAction.RequireApproval,
-                )
-            )
-    if len(specs) > OPENAI_MAX_TOOLS:
-        _warn_too_many(len(specs), layout, len(plans))
+        if layout == "per_model":
+            specs += [spec(method, [plan], plan.name) for plan in targets]
+        elif targets:
+            specs.append(spec(method, targets, None))
+    return specs
+
+
+def _write_specs(wplan: WritePlan, prefix: str) -> list[ToolSpec]:
+    """One tool per write the model's write plan allows (the plan decides which exist)."""
+    plan = wplan.plan
+    specs: list[ToolSpec] = []
+    for operation in WRITE_OPERATIONS:
+        action = wplan.operations.get(operation)
+        if action is None:
+            continue
+        text = _WRITE_TEXT[operation].format(model=plan.name, limit=plan.policy.write_policy.max_affected_rows)
+        approval = action is WriteAction.RequireApproval
+        if approval:
+            text += " A person must approve it before it runs."
+        name = tool_name(prefix, operation, plan.name)
+        args = _model(_camel(name) + "Args", _write_fields(wplan, operation))
+        specs.append(
+            ToolSpec(name, _describe_model(plan, text), args, operation, model=plan.name, requires_approval=approval)
+        )
     return specs
 
 
