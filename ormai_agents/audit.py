@@ -497,6 +497,7 @@ class _Batcher:
         max_pending: int,
         *,
         background: bool = False,
+        exit_in_thread: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -513,6 +514,8 @@ class _Batcher:
         self._timer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.background = background
+        self.exit_in_thread = exit_in_thread
+        self._exit_threads: list[threading.Thread] = []
         self._inflight = 0
         self.dead_letters = 0
         self.fallbacks = 0
@@ -567,11 +570,7 @@ class _Batcher:
                 if len(self._pending) < self.batch_size:
                     return
         except asyncio.CancelledError:
-            # An event loop shutting down: one more try for what is queued, then stop.
-            try:
-                await self._flush_now()
-            except Exception:
-                log.exception("ormai_agents: could not store buffered audit records")
+            await self._on_loop_exit()
             raise
         except Exception:
             log.exception("ormai_agents: could not store buffered audit records")
@@ -579,18 +578,49 @@ class _Batcher:
     async def _flush_later(self) -> None:
         try:
             await asyncio.sleep(self.flush_interval)
-        finally:
-            # Also on cancellation (an event loop shutting down): store what is queued.
+            await self._flush_now()
+        except asyncio.CancelledError:
+            await self._on_loop_exit()
+            raise
+        except Exception:
+            log.exception("ormai_agents: could not store buffered audit records")
+
+    async def _on_loop_exit(self) -> None:
+        """The task was cancelled (an event loop shutting down, or `aclose`): store what is queued.
+
+        With `exit_in_thread`, from a thread of its own, not waited for here: the loop's thread
+        may hold a connection of the pool the store draws on (a sync session kept open across
+        `asyncio.run` calls), and would wait for itself. `flush`/`aclose` wait for that thread."""
+        if not self.exit_in_thread:
             try:
                 await self._flush_now()
             except Exception:
                 log.exception("ormai_agents: could not store buffered audit records")
+            return
+        if not self._pending:
+            return
+
+        def store() -> None:
+            try:
+                asyncio.run(self._flush_now())
+            except Exception:
+                log.exception("ormai_agents: could not store buffered audit records")
+
+        thread = threading.Thread(target=store, name="ormai-audit-flush")  # not a daemon: exit waits for it
+        with self._lock:
+            self._exit_threads = [t for t in self._exit_threads if t.is_alive()] + [thread]
+        thread.start()
 
     async def _settle(self) -> None:
-        """Wait for a background batch of this event loop still being stored."""
+        """Wait for a background batch of this event loop, and for batches being stored by
+        threads of their own, still being stored."""
         drainer = self._drainer
         if drainer is not None and not drainer.done() and drainer.get_loop() is asyncio.get_running_loop():
             await asyncio.wait([drainer])
+        with self._lock:
+            threads = [t for t in self._exit_threads if t.is_alive()]
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
 
     async def flush(self, extra: AuditRecord | None = None) -> None:
         """Store everything queued (and `extra`, durably, in the same batch).
@@ -1072,7 +1102,9 @@ class SqlAuditStore:
     Everything else is batched (`batch_size=100`, `flush_interval=0.5` seconds; one INSERT per
     batch): the records of reads, and of writes that were refused or failed (they changed
     nothing, and a rollback can't erase them). A full batch is stored by a background task, so a
-    call never waits for the store's connection. `query`, `flush` and `aclose` store what is
+    call never waits for the store's connection; on a sync engine, what is queued when an event
+    loop ends (`asyncio.run` of one call) is stored by a thread of its own, so the loop's thread,
+    which may hold a connection of the same pool, never waits for it. `query`, `flush` and `aclose` store what is
     queued first. Call `await store.aclose()` on shutdown (on SIGTERM): until then, a crash loses
     at most the records of the last `flush_interval` seconds (or `batch_size` calls). Records of
     successful writes are never in that window.
@@ -1098,7 +1130,11 @@ class SqlAuditStore:
         self.metadata = MetaData()
         self.table = audit_table(self.metadata, table_name, schema)
         self._insert_row = insert(self.table)
-        self._batcher = _Batcher(self._store_many, batch_size, flush_interval, max_pending, background=True)
+        # A sync engine's batches can be stored from any thread: when a loop ends, they are.
+        sync = isinstance(engine, Engine)
+        self._batcher = _Batcher(
+            self._store_many, batch_size, flush_interval, max_pending, background=True, exit_in_thread=sync
+        )
         self._same_database: dict[Engine, bool] = {}
 
     def uses_caller_transaction(self, db: Any) -> bool:
