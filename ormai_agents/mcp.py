@@ -17,9 +17,9 @@ ormai_agents` does not.
   LlamaIndex adapters: one builder (`build_tool_specs`) and one call path (the adapter kernel).
 - The SDK does not see the arguments before we do: the server takes every call as sent, and our
   layer validates it and writes its audit record, malformed calls included (an unknown tool, an
-  argument the tool does not take, a value of the wrong type). Refusals are tool errors
-  (`isError: true`) whose text is the JSON error the other adapters return; nothing the model sent
-  is echoed back unchecked.
+  argument the tool does not take, a value of the wrong type, arguments that are not an object).
+  Refusals are tool errors (`isError: true`) whose text is the JSON error the other adapters
+  return; nothing the model sent is echoed back unchecked.
 - Who is calling: over stdio, the one principal the host gives. Over streamable HTTP, the
   principal of each request comes from its bearer token through the host's `principal_resolver`
   (the SDK's bearer-auth middleware calls it); a request without a valid token is refused with
@@ -39,18 +39,22 @@ import inspect
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import types
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
+from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import PrivateAttr
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -86,6 +90,7 @@ _APPROVAL_FORM: dict[str, Any] = {
 }
 _MAX_REASON = 500
 _DESTRUCTIVE = frozenset({"update", "delete", "bulk_update"})
+_FROM_CONTEXT: Any = object()  # _call_tool: the principal of the request being handled
 
 
 class _PrincipalToken(AccessToken):
@@ -190,6 +195,49 @@ class OrmAIMCPServer(Server[Any, Any]):
 
     # --- transports ----------------------------------------------------------------------
 
+    async def run(
+        self,
+        read_stream: MemoryObjectReceiveStream[SessionMessage | Exception],
+        write_stream: MemoryObjectSendStream[SessionMessage],
+        initialization_options: InitializationOptions,
+        raise_exceptions: bool = False,
+        stateless: bool = False,
+    ) -> None:
+        """The SDK's `Server.run`, with tool calls the SDK's session would refuse before any
+        handler (arguments that are not an object, a name that is not text) answered here, by
+        our layer, and audited like every other call."""
+        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._screen, read_stream, send, write_stream)
+            await super().run(receive, write_stream, initialization_options, raise_exceptions, stateless)
+            tg.cancel_scope.cancel()
+
+    async def _screen(
+        self,
+        read_stream: MemoryObjectReceiveStream[SessionMessage | Exception],
+        forward: MemoryObjectSendStream[SessionMessage | Exception],
+        write_stream: MemoryObjectSendStream[SessionMessage],
+    ) -> None:
+        async with read_stream, forward:
+            async for message in read_stream:
+                call = _unparsable_call(message)
+                if call is None:
+                    await forward.send(message)
+                    continue
+                assert isinstance(message, SessionMessage)
+                metadata = message.metadata
+                request = metadata.request_context if isinstance(metadata, ServerMessageMetadata) else None
+                result = await self._call_tool(*call, principal=self._request_principal(request))
+                response = types.JSONRPCResponse(
+                    jsonrpc="2.0",
+                    id=message.message.root.id,  # type: ignore[union-attr]  # a request: _unparsable_call checked
+                    result=result.model_dump(by_alias=True, mode="json", exclude_none=True),
+                )
+                try:
+                    await write_stream.send(SessionMessage(types.JSONRPCMessage(response)))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the client went away
+
     async def run_stdio(self) -> None:
         """Serve one client over stdin/stdout until it disconnects (the host's one principal)."""
         if self.principal is None:
@@ -256,27 +304,32 @@ class OrmAIMCPServer(Server[Any, Any]):
     async def _handle_call(self, request: types.CallToolRequest) -> types.ServerResult:
         return types.ServerResult(await self._call_tool(request.params.name, request.params.arguments))
 
-    async def _call_tool(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+    async def _call_tool(self, name: Any, arguments: Any, principal: Any = _FROM_CONTEXT) -> types.CallToolResult:
         try:
-            principal = self._request_principal()
-            spec = self._specs.get(name)
+            if principal is _FROM_CONTEXT:
+                principal = self._request_principal(self._context_request())
+            spec = self._specs.get(name) if isinstance(name, str) else None
             if spec is None:
                 reply = await self._runner.unknown_tool(name, principal, arguments, on_audit=self.on_audit)
             else:
                 decision = await self._ask(spec, principal, arguments)
                 reply = await self._runner.call(spec, principal, arguments, on_audit=self.on_audit, decision=decision)
         except Exception:  # the SDK would send the exception's text to the client
-            log.exception("ormai_agents: unexpected error in MCP tool %s", name if name in self._specs else "(unknown)")
+            log.exception(
+                "ormai_agents: unexpected error in MCP tool %s", name if self._specs.get(str(name)) else "(unknown)"
+            )
             reply = ToolReply(render({"error": "error", "message": "The request could not be completed."}), True)
         return types.CallToolResult(content=[types.TextContent(type="text", text=reply.text)], isError=reply.is_error)
 
-    def _request_principal(self) -> Principal | None:
-        if self.principal is not None:
-            return self.principal
+    def _context_request(self) -> Any:
         try:
-            request = self.request_context.request
+            return self.request_context.request
         except LookupError:
             return None
+
+    def _request_principal(self, request: Any) -> Principal | None:
+        if self.principal is not None:
+            return self.principal
         scope = getattr(request, "scope", None)
         user = scope.get("user") if isinstance(scope, dict) else None
         token = getattr(user, "access_token", None)
@@ -311,6 +364,21 @@ class OrmAIMCPServer(Server[Any, Any]):
         if answer.action == "accept" and isinstance(content.get("approve"), bool):
             return Decision(bool(content["approve"]), "mcp-elicitation", reason)
         return None  # cancelled, or an answer without a decision
+
+
+def _unparsable_call(message: SessionMessage | Exception) -> tuple[Any, Any] | None:
+    """(name, arguments) of a `tools/call` request the SDK's session would refuse with a bare
+    "Invalid request parameters" before any handler; None for every other message."""
+    if not isinstance(message, SessionMessage):
+        return None
+    request = message.message.root
+    if not isinstance(request, types.JSONRPCRequest) or request.method != "tools/call":
+        return None
+    params = request.params or {}
+    name, arguments = params.get("name"), params.get("arguments")
+    if isinstance(name, str) and (arguments is None or isinstance(arguments, Mapping)):
+        return None
+    return name, arguments
 
 
 def is_loopback(host: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -139,6 +140,35 @@ async def test_malformed_calls_are_refused_by_us_and_audited(shop_backend: Backe
         ("drop_tables__INFO__approved", "error", "validation_error", "acme"),
         ("aggregate", "error", "validation_error", "acme"),
     ]
+
+
+def _raw_call(name: Any, arguments: Any) -> types.ClientRequest:
+    """A tools/call the official client would refuse to build: built without its validation."""
+    params = types.CallToolRequestParams.model_construct(name=name, arguments=arguments)
+    return types.ClientRequest(types.CallToolRequest.model_construct(method="tools/call", params=params))
+
+
+async def test_calls_the_sdk_would_refuse_unread_are_refused_by_us_and_audited(shop_backend: Backend) -> None:
+    """Arguments that are not an object and names that are not text fail the SDK's own request
+    model, which would answer "Invalid request parameters" before any handler, unaudited: the
+    server answers them itself, as tool errors in our JSON, and audits them."""
+    store = MemoryAuditStore()
+    server = create_server(toolset=_toolset(store), session_factory=sessionmaker(shop_backend.sync_engine), principal=ACME)
+    calls = [("query", ["Order"]), ("get", "model=Order id=1"), ("aggregate", 7), (["query"], {"model": "Order"}), (None, None)]
+    async with connected(server) as client:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydantic warns while serialising the unvalidated request
+            results = [await client.send_request(_raw_call(*call), types.CallToolResult) for call in calls]
+        after = await client.call_tool("query", {"model": "Order", "select": ["id"], "order_by": ["id"], "limit": 3})
+    assert all(r.isError for r in results)
+    errors = [json.loads(text_of(r).removeprefix("error ")) for r in results]
+    assert [e["error"] for e in errors] == ["validation_error"] * len(calls)
+    assert "takes an object" in errors[0]["message"] and "no tool of that name" in errors[3]["message"]
+    assert not any("model=Order" in text_of(r) for r in results)  # nothing the model sent is echoed
+    assert [r["id"] for r in page_records(text_of(after))] == order_ids(shop_backend, "acme", 3)  # the session goes on
+    audit = [(r.tool_name, r.outcome, r.error_code, r.tenant_id, r.user_id) for r in store.records]
+    assert audit[:3] == [(name, "error", "validation_error", "acme", ACME.user_id) for name, _ in calls[:3]]
+    assert [a[1:3] for a in audit[3:5]] == [("error", "validation_error")] * 2 and audit[5][1] == "success"
 
 
 JSON = st.recursive(

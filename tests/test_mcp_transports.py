@@ -176,6 +176,22 @@ async def test_streamable_http_two_tenants_at_once(shop_db: Path, http_server: t
         hijack = await http.post(url, json=call, headers={**headers, "Authorization": "Bearer globex-token-83b2d4c51e",
                                                           "mcp-session-id": acme_session})  # fmt: skip
         assert hijack.status_code == 404 and "acme" not in hijack.text
+        # Arguments that are not an object (no SDK client would send them; a raw HTTP client
+        # can): answered by our layer as a tool error, audited under the token's principal.
+        session = {**headers, "Authorization": "Bearer globex-token-83b2d4c51e"}
+        opened = await http.post(url, json=initialize, headers=session)
+        session["mcp-session-id"] = opened.headers["mcp-session-id"]
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        raw = {**call, "id": 3, "params": {"name": "query", "arguments": ["Order", "tenant_id=acme"]}}
+        answer = await http.post(url, json=raw, headers=session)
+    (data,) = [line.removeprefix("data:") for line in answer.text.splitlines() if line.startswith("data:")]
+    result = json.loads(data)["result"]
+    assert result["isError"] is True and json.loads(result["content"][0]["text"])["error"] == "validation_error"
+    assert "acme" not in answer.text
     records = audit_lines(audit)
+    refused = records.pop()
+    assert (refused["tool_name"], refused["error_code"], refused["tenant_id"], refused["user_id"]) == (
+        "query", "validation_error", "globex", "gus",
+    )  # fmt: skip
     assert sorted((r["tenant_id"], r["user_id"]) for r in records) == sorted([("acme", "ann")] * 8 + [("globex", "gus")] * 8)
     assert all(r["scopes_injected"] == [f"tenant_id = '{r['tenant_id']}'"] for r in records)
