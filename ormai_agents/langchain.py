@@ -58,7 +58,7 @@ from langchain_core.callbacks.manager import (
 )
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from ormai_agents._context import Principal
 from ormai_agents._kernel import GENERIC, Decision, HostError, ToolReply, ToolRunner
@@ -161,7 +161,7 @@ class OrmAITool(BaseTool):
         # possibly refused) by LangChain against `args_schema` first: the toolset validates
         # them, so a malformed call is refused with an error the model can act on, and audited.
         if isinstance(tool_input, dict):
-            return (), dict(tool_input)
+            return (), {name: _plain(value) for name, value in tool_input.items()}
         raise HostError("OrmAI tools take a dict of arguments (a model's tool call), not a string")
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
@@ -243,6 +243,17 @@ class OrmAITool(BaseTool):
             for record in records:
                 await _aemit(record)
         return _text(reply)
+
+
+def _plain(value: Any) -> Any:
+    """Arguments as JSON values. LangChain's own helpers may pass instances of the tool's
+    argument models (`langchain_mcp_adapters.tools.to_fastmcp` validates a call into them first):
+    they become the objects the model sent."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_unset=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _text(reply: ToolReply) -> str:

@@ -144,3 +144,52 @@ def test_input_schema_is_the_policy_model(layout: str) -> None:
         assert list(tool.args) == list(tool.spec.argument_names)  # type: ignore[attr-defined]
         # No argument is hidden in a generic wrapper: the model's fields are the tool's arguments.
         assert set(schema.model_fields) == set(tool.spec.parameters["properties"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_to_fastmcp_serves_every_tool(layout: str) -> None:
+    """`langchain_mcp_adapters.tools.to_fastmcp` converts every tool, and each converted tool,
+    served by FastMCP and called through the official `mcp` client, gives the tool's own answer:
+    FastMCP validates a call into the tool's argument models before the tool sees it."""
+    from langchain_mcp_adapters.tools import to_fastmcp
+    from mcp.server.fastmcp import FastMCP
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from ormai_agents import page_records
+
+    engine = _seeded_engine()
+    with Session(engine) as s:  # the rows the query should return, read before anything is written
+        expected = list(
+            s.scalars(
+                select(shop.Order.id)
+                .where(shop.Order.tenant_id == "acme", shop.Order.status.in_(["pending", "shipped"]))
+                .order_by(shop.Order.id)
+                .limit(50)
+            )
+        )
+    tools = _toolkit(layout, engine).get_tools(ACME)
+    server = FastMCP(tools=[to_fastmcp(t) for t in tools], log_level="WARNING")
+    async with create_connected_server_and_client_session(server._mcp_server) as client:
+        listed = {t.name: t.inputSchema for t in (await client.list_tools()).tools}
+        assert list(listed) == [t.name for t in tools]
+        answers = {}
+        for tool in tools:
+            assert list(listed[tool.name]["properties"]) == list(tool.spec.parameters["properties"])  # type: ignore[attr-defined]
+            args = example(tool)
+            if tool.spec.method == "query" and (tool.spec.model or args["model"]) == "Order":  # type: ignore[attr-defined]
+                args["filters"] = [{"field": "status", "op": "in", "value": ["pending", "shipped"]}]
+                args["select"], args["order_by"], args["limit"] = ["id", "tenant_id", "status"], ["id"], 50
+            result = await client.call_tool(tool.name, args)
+            (content,) = result.content
+            answers[tool.name] = json.loads(content.text)  # type: ignore[union-attr]
+    for name, answer in answers.items():
+        # to_fastmcp returns the tool's text as a result: a refusal is the tool's JSON error.
+        if name == "create_tenant":
+            assert answer["error"] == "constraint_violation"
+        else:
+            assert "error" not in answer, (name, answer)
+    with Session(engine) as s:
+        changed = s.scalars(select(shop.Order.status).where(shop.Order.id.in_(IDS["Order"][:2]))).all()
+    query = answers["query" if layout == "generic" else "query_order"]
+    assert [r["id"] for r in page_records(query)] == expected and expected
+    assert set(changed) == {"changed"}  # bulk_update's filters and data reached the toolset as objects
