@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ def test_audit_from_a_jsonl_store(shop_backend: Backend, tmp_path: Path) -> None
     table = runner.invoke(app, ["audit", "--store", f"jsonl:{path}", "--tenant", "globex"])
     assert table.exit_code == 0 and "2 audit record(s)" in table.output and "tenant_id = 'globex'" in table.output
     assert "acme" not in table.output
+    # Each row shows its date and time, not only the time of day.
+    globex = _records(runner.invoke(app, ["audit", "--store", f"jsonl:{path}", "--tenant", "globex", "--json"]).output)
+    for record in globex:
+        stamp = datetime.fromisoformat(record["timestamp"])
+        assert stamp.strftime("%Y-%m-%d %H:%M:%S") in table.output, (stamp, table.output)
     assert "No audit records" in runner.invoke(app, ["audit", "--store", f"jsonl:{path}", "--tenant", "initech"]).output
     missing = runner.invoke(app, ["audit", "--store", f"jsonl:{tmp_path / 'nope.jsonl'}", "--tenant", "acme"])
     assert missing.exit_code == 2 and "no audit file" in missing.output
