@@ -164,13 +164,22 @@ def _sessions(url: str, fail: Any) -> tuple[Any, Any]:
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
     from sqlalchemy.orm import sessionmaker
 
+    from ormai_agents.cli._common import CliError, database_error, open_engine
+
     try:
+        # The other commands' checks: a URL, its driver installed (or the extra to install), an
+        # existing SQLite file (serving never creates a database).
+        open_engine(url).dispose()
         parsed = make_url(url)
         database = parsed.database or ""
-        if parsed.get_backend_name() == "sqlite" and (database in ("", ":memory:") or "mode=memory" in database):
+        if parsed.get_backend_name() == "sqlite" and (
+            database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
+        ):
             raise fail("--db: an in-memory SQLite database starts empty in the server; use a file (sqlite:///app.db)")
         is_async = parsed.get_dialect().is_async
         engine: Any = create_async_engine(parsed) if is_async else create_engine(parsed)
+    except CliError as exc:
+        raise fail(str(exc)) from None
     except (ArgumentError, ImportError, ValueError) as exc:
         raise fail(f"--db: {_first_line(exc)}") from None
 
@@ -185,7 +194,7 @@ def _sessions(url: str, fail: Any) -> tuple[Any, Any]:
             with engine.connect() as conn:
                 conn.execute(text("select 1"))
     except (SQLAlchemyError, OSError) as exc:
-        raise fail(f"--db: can't connect to the database ({type(exc).__name__})") from None
+        raise fail(f"--db {database_error(exc, url)}") from None
     if is_async:
         # The probe ran on its own event loop; the server's connections belong to the next one.
         asyncio.run(engine.dispose())

@@ -409,6 +409,12 @@ def test_database_errors_name_their_cause(tmp_path: Path) -> None:
             "MySQLdb",
             ".[mysql]",
         ),
+        # mysql:// means MySQLdb, which no extra installs: the URL form of the extra's driver is named.
+        (
+            ["lint", "--db", "mysql://root@127.0.0.1:9/test", "--policy", str(policy)],
+            "MySQLdb",
+            'write the URL as mysql+pymysql://... and pip install -e ".[mysql]"',
+        ),
         (["lint", "--db", "not a url", "--policy", str(policy)], "not a database URL"),
         (
             ["lint", "--db", "nosuchdialect://x", "--policy", str(policy)],

@@ -24,7 +24,15 @@ def run(*args: str) -> tuple[int, str]:
 
 @pytest.fixture
 def base(tmp_path: Path) -> list[str]:
-    return ["--policy", POLICY, "--models", "ormai_agents.demo:Base", "--db", f"sqlite:///{tmp_path / 'shop.db'}"]
+    from sqlalchemy import create_engine
+
+    from ormai_agents.demo import Base
+
+    url = f"sqlite:///{tmp_path / 'shop.db'}"  # an existing database: the command never creates one
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return ["--policy", POLICY, "--models", "ormai_agents.demo:Base", "--db", url]
 
 
 def tokens_file(tmp_path: Path, data: object) -> str:
@@ -78,8 +86,14 @@ def test_policy_models_and_database_mistakes(base: list[str], tmp_path: Path) ->
         (["--db", "nosuchdialect://x"], "--db"),
         (["--db", "sqlite://"], "an in-memory SQLite database starts empty"),
         (["--db", "sqlite+aiosqlite:///:memory:"], "an in-memory SQLite database starts empty"),
-        # A closed local port: the database does not answer.
-        (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"], "can't connect to the database"),
+        (["--db", "sqlite:///file:shop?mode=memory&uri=true"], "an in-memory SQLite database starts empty"),
+        # What the database says, in one line: a closed local port (both drivers), a missing
+        # SQLite file (never created), a URL whose driver no extra installs.
+        (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"], "port 1 failed: Connection refused"),
+        (["--db", "postgresql+asyncpg://postgres@127.0.0.1:1/test"], "Connect call failed"),
+        (["--db", f"sqlite:///{tmp_path / 'typo.db'}"], "no SQLite database at"),
+        (["--db", f"sqlite+aiosqlite:///{tmp_path / 'typo.db'}"], "no SQLite database at"),
+        (["--db", "mysql://root@127.0.0.1:1/test"], 'write the URL as mysql+pymysql://... and pip install -e ".[mysql]"'),
     ]
     for override, expected in cases:
         args = list(base)
@@ -88,6 +102,7 @@ def test_policy_models_and_database_mistakes(base: list[str], tmp_path: Path) ->
         code, err = run(*args, "--principal", ACME)
         assert code == 2 and expected in err, (override, err)
         assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_a_busy_port_is_a_clear_error(base: list[str], tmp_path: Path) -> None:

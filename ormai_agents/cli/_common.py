@@ -174,7 +174,12 @@ _SYNC_TWINS = {
     "postgresql+asyncpg": "postgresql+psycopg",
     "mysql+aiomysql": "mysql+pymysql",
 }
-_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+# backend: (the extra with its drivers, those drivers, the URL form that names the sync one)
+_EXTRAS = {
+    "postgresql": ("postgres", ("psycopg", "asyncpg"), "postgresql+psycopg"),
+    "mysql": ("mysql", ("pymysql", "aiomysql"), "mysql+pymysql"),
+    "mariadb": ("mysql", ("pymysql", "aiomysql"), "mariadb+pymysql"),
+}
 
 
 def _safe(url: Any) -> str:
@@ -207,8 +212,12 @@ def open_engine(url: str, option: str = "--db") -> Engine:
     try:
         return create_engine(parsed)
     except ImportError as exc:
-        extra = _EXTRAS.get(backend)
-        hint = f': pip install -e ".[{extra}]"' if extra else ""
+        hint = ""
+        if backend in _EXTRAS:
+            extra, drivers, form = _EXTRAS[backend]
+            hint = f': pip install -e ".[{extra}]"'
+            if parsed.get_driver_name() not in drivers:  # e.g. mysql:// means MySQLdb, which no extra installs
+                hint = f": write the URL as {form}://... and{hint[1:]}"
         driver = exc.name or exc
         raise CliError(f"{option} {_safe(parsed)}: the database driver {driver} is not installed{hint}") from None
     except ArgumentError as exc:
