@@ -218,25 +218,30 @@ class OrmAIMCPServer(Server[Any, Any]):
         forward: MemoryObjectSendStream[SessionMessage | Exception],
         write_stream: MemoryObjectSendStream[SessionMessage],
     ) -> None:
+        # The transport may close its stream under us (a session ended, the server stopping):
+        # that ends the screen, as it ends the SDK's session, and with it the session's input.
         async with read_stream, forward:
-            async for message in read_stream:
-                call = _unparsable_call(message)
-                if call is None:
-                    await forward.send(message)
-                    continue
-                assert isinstance(message, SessionMessage)
-                metadata = message.metadata
-                request = metadata.request_context if isinstance(metadata, ServerMessageMetadata) else None
-                result = await self._call_tool(*call, principal=self._request_principal(request))
-                response = types.JSONRPCResponse(
-                    jsonrpc="2.0",
-                    id=message.message.root.id,  # type: ignore[union-attr]  # a request: _unparsable_call checked
-                    result=result.model_dump(by_alias=True, mode="json", exclude_none=True),
-                )
-                try:
-                    await write_stream.send(SessionMessage(types.JSONRPCMessage(response)))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return  # the client went away
+            try:
+                async for message in read_stream:
+                    call = _unparsable_call(message)
+                    if call is None:
+                        await forward.send(message)
+                    else:
+                        assert isinstance(message, SessionMessage)
+                        await write_stream.send(await self._answer_unparsable(message, *call))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+
+    async def _answer_unparsable(self, message: SessionMessage, name: Any, arguments: Any) -> SessionMessage:
+        metadata = message.metadata
+        request = metadata.request_context if isinstance(metadata, ServerMessageMetadata) else None
+        result = await self._call_tool(name, arguments, principal=self._request_principal(request))
+        response = types.JSONRPCResponse(
+            jsonrpc="2.0",
+            id=message.message.root.id,  # type: ignore[union-attr]  # a request: _unparsable_call checked
+            result=result.model_dump(by_alias=True, mode="json", exclude_none=True),
+        )
+        return SessionMessage(types.JSONRPCMessage(response))
 
     async def run_stdio(self) -> None:
         """Serve one client over stdin/stdout until it disconnects (the host's one principal)."""

@@ -171,6 +171,24 @@ async def test_calls_the_sdk_would_refuse_unread_are_refused_by_us_and_audited(s
     assert [a[1:3] for a in audit[3:5]] == [("error", "validation_error")] * 2 and audit[5][1] == "success"
 
 
+async def test_a_transport_closing_its_stream_ends_the_server_cleanly() -> None:
+    """The streamable HTTP transport closes the stream it reads from when a session ends (its
+    receiving end, under the server): `run` returns, no error escapes."""
+    import anyio
+    from mcp.shared.message import SessionMessage
+
+    server = create_server(toolset=_toolset(), session_factory=sessionmaker(), principal=ACME)
+    to_server, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, from_server = anyio.create_memory_object_stream[SessionMessage](10)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.run, read_stream, write_stream, server.create_initialization_options())
+            await anyio.sleep(0.05)
+            await read_stream.aclose()  # what StreamableHTTPServerTransport.terminate does
+    await to_server.aclose()
+    await from_server.aclose()
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
