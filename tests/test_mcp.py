@@ -331,12 +331,20 @@ async def test_require_approval_writes_ask_through_elicitation(
     kwargs = {} if action is None else {"elicitation_callback": _elicitation(action, content, asked)}
     with wb.session() as s:
         order_id = s.scalar(select(func.min(shop.Order.id)).where(shop.Order.tenant_id == "acme"))
+        foreign_id = s.scalar(select(func.min(shop.Order.id)).where(shop.Order.tenant_id == "globex"))
     before = snapshot(wb, shop.Order)
     async with connected(server, **kwargs) as client:
-        # A request that would fail anyway is refused at once; nobody is asked about it.
+        # A request that would fail anyway is refused at once; nobody is asked about it: a field
+        # the agent may not write, another tenant's order, an order that does not exist.
         refused = await client.call_tool("update_order", {"id": order_id, "data": {"tenant_id": "globex"}})
+        unseen = [
+            await client.call_tool("update_order", {"id": target, "data": {"status": "ok-by-person"}})
+            for target in (foreign_id, 10_000)
+        ]
         out = await client.call_tool("update_order", {"id": order_id, "data": {"status": "ok-by-person"}})
     assert refused.isError and json.loads(text_of(refused).removeprefix("error "))["error"] == "field_not_allowed"
+    assert [json.loads(text_of(r).removeprefix("error "))["error"] for r in unseen] == ["not_found"] * 2
+    assert text_of(unseen[0]) == text_of(unseen[1])  # another tenant's order reads as a missing one
     assert len(asked) == (0 if action is None else 1)
     if asked:
         assert "update_order" in asked[0] and "ok-by-person" in asked[0] and '"acme"' in asked[0]
@@ -353,7 +361,9 @@ async def test_require_approval_writes_ask_through_elicitation(
         assert out.isError and body["error"] == "approval_required" and changed == []
         assert body["details"]["approval_id"] == approval.id and approval.status is ApprovalStatus.Pending
     codes = [(r.tool_name, r.error_code) for r in audit.records]
-    assert codes[:2] == [("update", "field_not_allowed"), ("update", "approval_required")]
+    assert codes[:4] == [
+        ("update", "field_not_allowed"), ("update", "not_found"), ("update", "not_found"), ("update", "approval_required"),
+    ]  # fmt: skip
 
 
 # --- agents through their frameworks' MCP integrations -----------------------------------------
