@@ -208,7 +208,7 @@ class OrmAIMCPServer(Server[Any, Any]):
         our layer, and audited like every other call."""
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._screen, read_stream, send, write_stream)
+            tg.start_soon(self._screen, read_stream, send, write_stream, stateless)
             await super().run(receive, write_stream, initialization_options, raise_exceptions, stateless)
             tg.cancel_scope.cancel()
 
@@ -217,13 +217,16 @@ class OrmAIMCPServer(Server[Any, Any]):
         read_stream: MemoryObjectReceiveStream[SessionMessage | Exception],
         forward: MemoryObjectSendStream[SessionMessage | Exception],
         write_stream: MemoryObjectSendStream[SessionMessage],
+        initialized: bool,
     ) -> None:
         # The transport may close its stream under us (a session ended, the server stopping):
         # that ends the screen, as it ends the SDK's session, and with it the session's input.
+        # Before `initialize` every request is left to the SDK, which refuses it.
         async with read_stream, forward:
             try:
                 async for message in read_stream:
-                    call = _unparsable_call(message)
+                    call = _unparsable_call(message) if initialized else None
+                    initialized = initialized or _is_initialize(message)
                     if call is None:
                         await forward.send(message)
                     else:
@@ -384,6 +387,13 @@ def _unparsable_call(message: SessionMessage | Exception) -> tuple[Any, Any] | N
     if isinstance(name, str) and (arguments is None or isinstance(arguments, Mapping)):
         return None
     return name, arguments
+
+
+def _is_initialize(message: SessionMessage | Exception) -> bool:
+    if not isinstance(message, SessionMessage):
+        return False
+    request = message.message.root
+    return isinstance(request, types.JSONRPCRequest) and request.method == "initialize"
 
 
 def is_loopback(host: str) -> bool:

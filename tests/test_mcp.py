@@ -189,6 +189,38 @@ async def test_a_transport_closing_its_stream_ends_the_server_cleanly() -> None:
     await from_server.aclose()
 
 
+async def test_before_initialize_every_request_is_the_sdks_to_refuse() -> None:
+    """The screen of unparsable calls starts with the session: before `initialize` the SDK
+    refuses every request, ours included; after it, the same call is our audited refusal."""
+    import anyio
+    from mcp.shared.message import SessionMessage
+
+    store = MemoryAuditStore()
+    server = create_server(toolset=_toolset(store), session_factory=sessionmaker(), principal=ACME)
+    to_server, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, from_server = anyio.create_memory_object_stream[SessionMessage](10)
+
+    def request(id_: int, method: str, params: dict[str, Any]) -> SessionMessage:
+        return SessionMessage(types.JSONRPCMessage(types.JSONRPCRequest(jsonrpc="2.0", id=id_, method=method, params=params)))
+
+    call = {"name": "query", "arguments": ["Order"]}
+    init = {"protocolVersion": types.LATEST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.run, read_stream, write_stream, server.create_initialization_options())
+            await to_server.send(request(1, "tools/call", call))
+            early = (await from_server.receive()).message.root
+            await to_server.send(request(2, "initialize", init))
+            await from_server.receive()
+            await to_server.send(request(3, "tools/call", call))
+            late = (await from_server.receive()).message.root
+            await to_server.aclose()
+    assert isinstance(early, types.JSONRPCError) and early.id == 1
+    assert isinstance(late, types.JSONRPCResponse) and late.id == 3 and late.result["isError"] is True
+    assert [(r.tool_name, r.error_code) for r in store.records] == [("query", "validation_error")]
+    await from_server.aclose()
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
