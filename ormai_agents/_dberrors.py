@@ -179,12 +179,13 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
         raise DatabaseError("The database could not complete this request.") from None
 
 
-def retrying(attempts: int) -> AsyncRetrying:
+def retrying(attempts: int, *, multiplier: float = 0.05) -> AsyncRetrying:
     """Tenacity's loop for retrying transient database errors: `attempts` tries, short
-    exponential waits, the last error re-raised. Callers decide where a retry is safe."""
+    exponential waits (`multiplier` seconds after the first failure, then doubling, at most one
+    second), the last error re-raised. Callers decide where a retry is safe."""
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=0.05, max=1.0),
+        wait=wait_exponential(multiplier=multiplier, max=1.0),
         retry=retry_if_exception_type(TransientDatabaseError),
         reraise=True,
     )

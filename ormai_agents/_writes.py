@@ -23,6 +23,7 @@ is never sent again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ormai_agents")
 
 _WRITE_ATTEMPTS = 3
+_FIRST_WAIT = 0.05  # seconds before the first retry, then doubling (see `retrying`)
 _CHECK_FAILED = (
     "The change was rolled back: the {model} record would no longer be one you may access "
     "(outside your scope or a row policy). Nothing was written."
@@ -519,20 +521,29 @@ async def _in_transaction(call: Call, body: Callable[[], Awaitable[WriteResult]]
         await savepoint.commit()
         return done
 
+    async def attempt(again: bool) -> WriteResult:
+        call.before = call.after = None
+        try:
+            if again and call.runtime.rls_paths is not None:
+                await call.set_rls()  # the rollback discarded them
+            done = await body()
+            await call.audit_now()
+        except BaseException:
+            await _quiet_rollback(db.rollback)
+            raise
+        return done
+
+    # The first attempt runs outside tenacity: setting up its loop cost about a tenth of a
+    # write's own CPU time, for retries that almost never happen. The waits are tenacity's.
     result: WriteResult | None = None
-    first = True
-    async for attempt in retrying(_WRITE_ATTEMPTS):
-        with attempt:
-            call.before = call.after = None
-            try:
-                if not first and call.runtime.rls_paths is not None:
-                    await call.set_rls()  # the rollback discarded them
-                first = False
-                result = await body()
-                await call.audit_now()
-            except BaseException:
-                await _quiet_rollback(db.rollback)
-                raise
+    try:
+        result = await attempt(False)
+    except TransientDatabaseError:
+        await asyncio.sleep(_FIRST_WAIT)
+    if result is None:
+        async for retry in retrying(_WRITE_ATTEMPTS - 1, multiplier=2 * _FIRST_WAIT):
+            with retry:
+                result = await attempt(True)
     assert result is not None
     try:
         # Never retried: the server may have applied the commit before the failure.
