@@ -6,8 +6,9 @@ transaction:
 
 - update, delete and bulk_update change rows with ONE statement whose WHERE clause carries the
   primary key (or the agent's filters), the scoping and the restrict policies. A snapshot read
-  before it (locked with FOR UPDATE where the database supports it) only feeds the audit record;
-  whether a row is changed is decided by the write statement's own WHERE clause.
+  before it (locked with FOR UPDATE where the database supports it) only feeds the audit record,
+  and an update reads none when no audit store or callback will see it; whether a row is changed
+  is decided by the write statement's own WHERE clause.
 - creates and updates re-select the written row by primary key under the same clauses in the same
   transaction (PostgreSQL's WITH CHECK), in RETURNING where the database has it: a row that left
   the principal's scope is rolled back.
@@ -345,15 +346,19 @@ class _Write:
         return self.done(rows[0], before=True)
 
     async def update(self) -> WriteResult:
-        if self.caps.update_returning and not self.checks_references:
-            return await self._update_folded()
-        # The before snapshot is for the audit record only; the UPDATE decides by its own WHERE.
-        before = (await self.exec(self.snapshot_by_key(lock=True), self.params)).all()
-        if not before:
-            raise _not_found(self.plan)
-        self.call.before = self.shape(before[0])
-        await self.references([self.current(before[0], self.width + 1)])
         returning = self.caps.update_returning
+        if returning and not self.checks_references:
+            return await self._update_folded()
+        # The before snapshot is for the audit record only (and the current foreign keys for the
+        # reference check); the UPDATE decides by its own WHERE. Nobody to read it: not read.
+        call = self.call
+        before: list[Any] = []
+        if self.checks_references or call.runtime.audit_store is not None or call.ctx.on_audit is not None:
+            before = (await self.exec(self.snapshot_by_key(lock=True), self.params)).all()
+            if not before:
+                raise _not_found(self.plan)
+            call.before = self.shape(before[0])
+            await self.references([self.current(before[0], self.width + 1)])
 
         def build() -> Any:
             stmt = update(self.table).where(*self.key_binds(), *self.where.write_clauses).values(self.value_binds())
@@ -366,7 +371,9 @@ class _Write:
             if (await self.exec(stmt, self.params)).rowcount != 1:
                 raise _not_found(self.plan)
             # Updated but no longer visible under the policy: the check fails.
-            after = (await self.exec(self.snapshot_by_key(), self.params)).all() or [(*before[0][: self.width], False)]
+            after = (await self.exec(self.snapshot_by_key(), self.params)).all()
+            if not after:
+                raise self.check_failed()
         if not after:
             raise _not_found(self.plan)
         if not after[0][self.width]:

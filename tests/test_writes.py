@@ -25,6 +25,7 @@ from ormai_agents import (
 )
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
+from tests._truth import captured
 from tests.conftest import ACME, BACKENDS, GLOBEX, Backend
 from tests.writes_support import count, ids, snapshot, toolset, write_policy
 
@@ -361,3 +362,32 @@ async def test_connections_work_like_sessions(wb: Backend) -> None:
         assert aconn.in_transaction()
         await aconn.rollback()
     assert count(wb, Order) == n + 1
+
+
+async def test_update_reads_no_before_snapshot_that_nobody_sees(wb: Backend, wdb1: Any) -> None:
+    # The locked before-read feeds only the audit record: without a store or callback an update
+    # is the UPDATE and its WITH CHECK (one statement with RETURNING), with the same outcomes.
+    mine = ids(wb, Order, Order.tenant_id == "acme", (Order.quantity.is_(None)) | (Order.quantity < 100))
+    theirs = ids(wb, Order, Order.tenant_id == "globex")[0]
+    ctx = RunContext(ACME, wdb1)
+    with captured(wb, tables="orders") as statements:
+        result = await toolset().update(ctx, "Order", mine[0], {"status": "unread"})
+    kinds = [s.split()[0].upper() for s, _ in statements]
+    assert kinds == (["UPDATE"] if wb.is_postgres else ["UPDATE", "SELECT"])
+    assert result.data["status"] == "unread" and result.data["tenant_id"] == "acme"
+    assert count(wb, Order, Order.id == mine[0], Order.status == "unread") == 1
+    before = snapshot(wb, Order)
+    with pytest.raises(RecordNotFoundError):
+        await toolset().update(ctx, "Order", theirs, {"status": "stolen"})
+    with pytest.raises(WriteNotAllowedError):
+        await toolset().update(ctx, "Order", mine[1], {"quantity": 500})
+    assert snapshot(wb, Order) == before and not wdb1.in_transaction()
+    # With a store the before snapshot is read, locked, and recorded.
+    audit = MemoryAuditStore()
+    with captured(wb, tables="orders") as statements:
+        await toolset(audit_store=audit).update(ctx, "Order", mine[0], {"status": "read"})
+    if not wb.is_postgres:
+        assert statements[0][0].split()[0].upper() == "SELECT" and len(statements) == 3
+    (record,) = audit.records
+    assert record.before is not None and record.after is not None
+    assert (record.before["status"], record.after["status"]) == ("unread", "read")
