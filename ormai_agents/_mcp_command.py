@@ -167,15 +167,12 @@ def _sessions(url: str, fail: Any) -> tuple[Any, Any]:
     from ormai_agents.cli._common import CliError, database_error, open_engine
 
     try:
+        if _memory_sqlite(url):
+            raise fail("--db: an in-memory SQLite database starts empty in the server; use a file (sqlite:///app.db)")
         # The other commands' checks: a URL, its driver installed (or the extra to install), an
         # existing SQLite file (serving never creates a database).
         open_engine(url).dispose()
         parsed = make_url(url)
-        database = parsed.database or ""
-        if parsed.get_backend_name() == "sqlite" and (
-            database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
-        ):
-            raise fail("--db: an in-memory SQLite database starts empty in the server; use a file (sqlite:///app.db)")
         is_async = parsed.get_dialect().is_async
         engine: Any = create_async_engine(parsed) if is_async else create_engine(parsed)
     except CliError as exc:
@@ -200,6 +197,20 @@ def _sessions(url: str, fail: Any) -> tuple[Any, Any]:
         asyncio.run(engine.dispose())
         return engine, async_sessionmaker(engine)
     return engine, sessionmaker(engine)
+
+
+def _memory_sqlite(url: str) -> bool:
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # open_engine says what is wrong with it
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
+    )
 
 
 def _audit_store(spec: str | None, fail: Any) -> Any:
