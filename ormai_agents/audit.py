@@ -517,6 +517,9 @@ class _Batcher:
         self.exit_in_thread = exit_in_thread
         self._exit_threads: list[threading.Thread] = []
         self._inflight = 0
+        # One future per batch being stored, resolved when that store ends: a reader waits for
+        # them, or a batch a timer took a moment earlier would be missing from what it reads.
+        self._storing: list[asyncio.Future[None]] = []
         self.dead_letters = 0
         self.fallbacks = 0
 
@@ -611,23 +614,34 @@ class _Batcher:
             self._exit_threads = [t for t in self._exit_threads if t.is_alive()] + [thread]
         thread.start()
 
-    async def _settle(self) -> None:
+    async def _settle(self, everything: bool) -> None:
         """Wait for a background batch of this event loop, and for batches being stored by
-        threads of their own, still being stored."""
+        threads of their own, still being stored; with `everything`, also for every batch of
+        this loop being stored (a timer's, another caller's)."""
+        loop = asyncio.get_running_loop()
         drainer = self._drainer
-        if drainer is not None and not drainer.done() and drainer.get_loop() is asyncio.get_running_loop():
+        if drainer is not None and not drainer.done() and drainer.get_loop() is loop:
             await asyncio.wait([drainer])
         with self._lock:
             threads = [t for t in self._exit_threads if t.is_alive()]
         for thread in threads:
             await asyncio.to_thread(thread.join)
+        if everything:
+            with self._lock:
+                busy = [f for f in self._storing if f.get_loop() is loop]
+            if busy:
+                await asyncio.wait(busy)
 
-    async def flush(self, extra: AuditRecord | None = None) -> None:
+    async def flush(self, extra: AuditRecord | None = None, *, everything: bool = False) -> None:
         """Store everything queued (and `extra`, durably, in the same batch).
+
+        With `everything` (readers, explicit flushes), also wait for the batches other tasks of
+        this loop are storing, so that what is read next holds every record written before.
+        A durable write does not wait for them: its caller may hold the connection they need.
 
         Raises when the store is unavailable (queued records are kept), and
         `AuditRecordRejected` when `extra` could be stored in no rendering."""
-        await self._settle()
+        await self._settle(everything)
         await self._flush_now(extra)
 
     async def _flush_now(self, extra: AuditRecord | None = None) -> None:
@@ -637,10 +651,16 @@ class _Batcher:
             batch.append(extra)
         if not batch:
             return
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._storing.append(stored)
         try:
             lost = await self._store_resilient(batch, extra)
         finally:
             self._done(taken)
+            with self._lock:
+                self._storing.remove(stored)
+            stored.set_result(None)
         if extra is not None and any(r is extra for r in lost):
             raise AuditRecordRejected("the audit record could not be stored")
 
@@ -700,7 +720,7 @@ class _Batcher:
         if timer is not None and not timer.done() and timer.get_loop() is asyncio.get_running_loop():
             timer.cancel()
             await asyncio.wait([timer])
-        await self.flush()
+        await self.flush(everything=True)
 
 
 def _safe_id(record: AuditRecord) -> str:
@@ -781,7 +801,7 @@ class JsonlAuditStore:
 
     async def flush(self) -> None:
         """Store every queued record now."""
-        await self._batcher.flush()
+        await self._batcher.flush(everything=True)
 
     async def aclose(self) -> None:
         """Store every queued record and stop the flush timer."""
@@ -960,7 +980,7 @@ class JsonlAuditStore:
                     os.replace(tmp, path)
             return dropped
 
-        await self._batcher.flush()
+        await self._batcher.flush(everything=True)
         return await asyncio.to_thread(run)
 
 
@@ -1264,7 +1284,7 @@ class SqlAuditStore:
 
     async def flush(self) -> None:
         """Store every queued record now; raises (and keeps them queued) on failure."""
-        await self._batcher.flush()
+        await self._batcher.flush(everything=True)
 
     async def aclose(self) -> None:
         """Store every queued record and stop the flush timer. The engine is left open."""
@@ -1299,7 +1319,7 @@ class SqlAuditStore:
     ) -> list[AuditRecord]:
         """Matching records, newest first (queued records are stored first)."""
         _check_limit(limit)
-        await self._batcher.flush()
+        await self._batcher.flush(everything=True)
         t = self.table
         stmt = select(t)
         if tenant_id is not None:
@@ -1319,7 +1339,7 @@ class SqlAuditStore:
 
     async def delete_before(self, cutoff: datetime) -> int:
         """Retention: delete records older than `cutoff`; returns how many were deleted."""
-        await self._batcher.flush()
+        await self._batcher.flush(everything=True)
         stmt = delete(self.table).where(self.table.c.timestamp < cutoff)
         return int(await self._run(lambda conn: conn.execute(stmt).rowcount, begin=True))
 

@@ -139,6 +139,35 @@ async def test_a_batch_with_a_poison_record_is_split_and_the_record_kept(kind: s
     await store.aclose()
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "sql-sync", "sql-async"])
+async def test_a_reader_waits_for_a_batch_a_timer_is_storing(kind: str, shop_backend: Backend, tmp_path: Path) -> None:
+    # The flush timer takes the queue and is still storing it when a reader asks: the reader
+    # must see those records, not only what was left in the queue (it once saw neither).
+    store = _store(kind, shop_backend, tmp_path, batch_size=50, flush_interval=0.01)
+    if isinstance(store, SqlAuditStore):
+        await store.create_table()
+    storing = asyncio.Event()
+    store_many = store._store_many
+
+    async def slow(records: list[AuditRecord]) -> None:
+        storing.set()
+        await asyncio.sleep(0.3)
+        await store_many(records)
+
+    store._store_many = slow
+    store._batcher._store_many = slow
+    queued = [AuditRecord(tool_name="query", model="Order", tenant_id="acme", request_id=f"r{i}") for i in range(3)]
+    for record in queued:
+        await store.write_buffered(record)
+    await asyncio.wait_for(storing.wait(), 5)  # the timer has taken the batch
+    assert store.pending == 3
+    if not isinstance(store, SqlAuditStore):
+        await store.flush()  # the JSONL store's query reads the files as they are
+    found = await store.query(tenant_id="acme")
+    assert sorted(r.request_id for r in found) == ["r0", "r1", "r2"] and store.pending == 0
+    await store.aclose()
+
+
 class _Refusing(JsonlAuditStore):
     """A medium that refuses one tenant's records in every rendering (as a broken column would)."""
 
