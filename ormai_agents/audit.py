@@ -247,7 +247,7 @@ def storable_record(record: AuditRecord) -> AuditRecord:
 
 def skeleton_record(record: AuditRecord) -> AuditRecord:
     """What is left of `record` when even `storable_record` can't be stored: who, which tool,
-    how it ended, in ASCII, and a marker where its values were."""
+    how it ended and the request id, in ASCII, and a marker where its values were."""
     safe = storable_record(record)
 
     def ascii_text(value: Any, limit: int) -> Any:
@@ -271,6 +271,7 @@ def skeleton_record(record: AuditRecord) -> AuditRecord:
         duration_ms=safe.duration_ms,
         before={_UNSTORABLE: True} if safe.before is not None else None,
         after={_UNSTORABLE: True} if safe.after is not None else None,
+        request_id=ascii_text(safe.request_id, 200),
     )
 
 
@@ -1038,6 +1039,10 @@ def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str |
         Index(f"ix_{name}_tenant_ts", "tenant_id", "timestamp"),
         Index(f"ix_{name}_ts", "timestamp"),
         schema=schema,
+        # MySQL and MariaDB: utf8mb4 whatever the database's default (latin1 and utf8mb3 can't
+        # hold every character an agent sends; such records lost their values to a fallback).
+        mysql_charset="utf8mb4",
+        mariadb_charset="utf8mb4",
     )
 
 

@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import Field
-from sqlalchemy import JSON, Integer, String, update
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import JSON, Integer, String, create_engine, text, update
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from ormai_agents import (
@@ -31,23 +32,26 @@ from ormai_agents import (
     ModelPolicy,
     OrmAIError,
     Policy,
+    Principal,
     RunContext,
     Toolset,
     WriteAction,
     WritePolicy,
 )
 from ormai_agents._storable import MAX_DEPTH, MAX_ITEMS, MAX_TEXT, REDACTED, clean
+from ormai_agents.approvals import ApprovalGate, SqlApprovalStore
 from ormai_agents.audit import (
     AuditRecord,
     JsonlAuditStore,
     MemoryAuditStore,
     SqlAuditStore,
+    skeleton_record,
     storable_record,
 )
 from ormai_agents.cli import app
 from ormai_agents.eval import Recorder, read_recording, replay
 from tests import shop
-from tests.conftest import ACME, BACKENDS, Backend
+from tests.conftest import ACME, BACKENDS, Backend, mysql_url, require_mysql
 from tests.hostile_values import SPECIALS, hostile, nest
 from tests.writes_support import count, ids, write_policy
 
@@ -166,6 +170,65 @@ async def test_a_reader_waits_for_a_batch_a_timer_is_storing(kind: str, shop_bac
     found = await store.query(tenant_id="acme")
     assert sorted(r.request_id for r in found) == ["r0", "r1", "r2"] and store.pending == 0
     await store.aclose()
+
+
+@pytest.fixture(params=["latin1", "utf8mb3"])
+def narrow_mysql(request: pytest.FixtureRequest) -> Any:
+    """A MariaDB database whose default character set can't hold every character."""
+    require_mysql()
+    database = f"ormai_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(mysql_url("pymysql"), poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET {request.param}"))
+    engines = create_engine(mysql_url("pymysql", database)), create_async_engine(mysql_url("aiomysql", database), poolclass=NullPool)
+    yield engines
+    engines[0].dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP DATABASE `{database}`"))
+    admin.dispose()
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+def test_the_audit_table_holds_any_text_whatever_the_databases_charset(narrow_mysql: Any) -> None:
+    # The audit table is utf8mb4 on MySQL and MariaDB: records keep their values (no fallback).
+    stores = [SqlAuditStore(engine, table_name="audit") for engine in narrow_mysql]
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(stores[0].create_table())
+    written = iter(range(10**6))
+
+    async def run(values: list[str], use_async: bool) -> None:
+        store = stores[use_async]
+        tenant = f"t{next(written)}-{values[0]}"
+        record = storable_record(AuditRecord(tool_name="query", model=values[1], tenant_id=tenant, user_id=values[2],
+                                             error_message=values[3], inputs={"v": values}, request_id=f"r-{values[0]}"))  # fmt: skip
+        await store.write(record)
+        (back,) = await store.query(tenant_id=record.tenant_id)
+        assert (back.id, back.tenant_id, back.model, back.user_id, back.error_message, back.inputs, back.request_id) == (
+            record.id, record.tenant_id, record.model, record.user_id, record.error_message, record.inputs, record.request_id)  # fmt: skip
+        assert store.fallbacks == 0
+
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.text(max_size=12), min_size=4, max_size=4).map(lambda v: [f"😀é日{v[0]}", *v[1:]]), st.booleans())
+    def check(values: list[str], use_async: bool) -> None:
+        loop.run_until_complete(run(values, use_async))
+
+    async def approval() -> None:
+        # The approval table too: an agent's pending change keeps its text.
+        gate = ApprovalGate(SqlApprovalStore(narrow_mysql[1], table_name="approvals"), b"a" * 32)
+        arguments = {"id": 1, "data": {"title": "😀 日本 é"}}
+        pending = await gate.submit(Principal(tenant_id="acmé😀"), "update", "Order", arguments)
+        stored = await gate.store.get(pending)  # type: ignore[union-attr]
+        assert stored is not None and stored.arguments == arguments
+
+    try:
+        check()
+        for store in stores:
+            loop.run_until_complete(store.aclose())
+        loop.run_until_complete(approval())
+    finally:
+        loop.close()
+    # The last rendering keeps the request id too.
+    assert skeleton_record(AuditRecord(tool_name="q", model=None, request_id="req-\u00fc\ud800")).request_id == "req-\\xfc\\ud800"
 
 
 class _Refusing(JsonlAuditStore):
