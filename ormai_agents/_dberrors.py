@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -53,6 +54,10 @@ _BAD_VALUE_MESSAGES = {
 }
 # (A failed MySQL statement leaves the transaction usable, so no rollback is owed on these.)
 _MYSQL_BAD_VALUES = {1406: "too_long", 1264: "out_of_range", 1366: "bad_value", 1292: "bad_value"}
+# "Illegal mix of collations": a bound value holds characters the column's character set can't
+# (an emoji against a latin1 or utf8mb3 column). The agent's input when a bound value is a side
+# (COERCIBLE, or an IN list, whose 1271 names no side); between two columns it is the schema's.
+_MYSQL_MIXED_COLLATIONS = {1267, 1270, 1271}
 # PostgreSQL's data exceptions on a bound value: the server's (psycopg's typed parameters) or
 # asyncpg's own 22000, raised before sending a value its column type can't encode (an int beyond
 # int4, a decimal beyond numeric). Not 22P02 (text cast to a type): that is a policy's cast of a
@@ -74,6 +79,14 @@ def _mysql_code(error: BaseException | None) -> int | None:
         return None
     args = getattr(error, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _mysql_bad_value(code: int, error: BaseException | None) -> str | None:
+    if code in _MYSQL_MIXED_COLLATIONS:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        text = str(args[1]) if len(args) > 1 else ""
+        return "bad_value" if "COERCIBLE" in text or "operation 'in'" in text else None
+    return _MYSQL_BAD_VALUES.get(code)
 
 
 def is_transient(error: sa_exc.DBAPIError) -> bool:
@@ -149,7 +162,7 @@ def map_db_errors(action: str = "run the statement") -> Iterator[None]:
             raise IntegrityConstraintError(
                 _CONSTRAINT_MESSAGES[kind] + " Nothing was written.", details={"constraint": kind}
             ) from None
-        bad_value = _MYSQL_BAD_VALUES.get(code or 0) if code is not None else _PG_BAD_VALUES.get(state or "")
+        bad_value = _mysql_bad_value(code, error.orig) if code is not None else _PG_BAD_VALUES.get(state or "")
         if bad_value is not None:
             log.info("ormai_agents: a value did not fit its column while trying to %s", action, exc_info=error)
             raise ValidationError(_BAD_VALUE_MESSAGES[bad_value]) from None

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, Integer, String, create_engine, insert, select
+from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
 
-from ormai_agents import OrmAIError, RunContext, Toolset, ValidationError
+from ormai_agents import (
+    ModelPolicy,
+    OrmAIError,
+    Policy,
+    RunContext,
+    Toolset,
+    ValidationError,
+    WriteAction,
+    WritePolicy,
+)
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
-from tests.conftest import ACME, BACKENDS
+from tests.conftest import ACME, BACKENDS, mysql_url, require_mysql
 from tests.writes_support import snapshot, toolset
 
 SURROGATES = ["\ud800", "x\udfffy", "\udc80"]
@@ -97,6 +117,110 @@ async def test_values_a_column_cant_hold_are_refused_on_writes(wdb: Any, caplog:
             # the quantity). Never a generic database failure.
             assert exc.code in ("validation_error", "write_not_allowed"), (data, exc.code)
     assert not [m for m in _unexpected(caplog) if "database error" in m or "unexpected" in m]
+
+
+@pytest.fixture(params=["latin1", "utf8mb3"])
+def narrow_notes(request: pytest.FixtureRequest) -> Iterator[tuple[str, Engine, AsyncEngine]]:
+    """Notes in a MariaDB database whose character set can't hold every character."""
+    require_mysql()
+    database = f"ormai_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(mysql_url("pymysql"), poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(sql_text(f"CREATE DATABASE `{database}` CHARACTER SET {request.param}"))
+    sync_engine = create_engine(mysql_url("pymysql", database))
+    async_engine = create_async_engine(mysql_url("aiomysql", database), poolclass=NullPool)
+    NoteBase.metadata.create_all(sync_engine)
+    with sync_engine.begin() as conn:
+        conn.execute(insert(Note), [{"id": i, "tenant_id": t, "title": v} for i, (t, v) in enumerate(NOTES, 1)])
+    yield request.param, sync_engine, async_engine
+    sync_engine.dispose()
+    with admin.begin() as conn:
+        conn.execute(sql_text(f"DROP DATABASE `{database}`"))
+    admin.dispose()
+
+
+class NoteBase(DeclarativeBase):
+    pass
+
+
+class Note(NoteBase):
+    __tablename__ = "narrow_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    title: Mapped[str | None] = mapped_column(String(200))
+
+
+NOTES = [("acme", "café"), ("acme", "plain"), ("globex", "café")]
+NOTE_POLICY = Policy(models={"Note": ModelPolicy(
+    fields={"id": "allow", "tenant_id": "allow", "title": "allow"}, scoping={"tenant_id": "principal.tenant_id"},
+    write_policy=WritePolicy(create=WriteAction.Allow, update=WriteAction.Allow, bulk_update=WriteAction.Allow,
+                             auto_set={"tenant_id": "principal.tenant_id"}),
+)})  # fmt: skip
+# Beyond the BMP (what utf8mb3 lacks) or beyond Latin-1, in any text an agent sends.
+WIDE = st.one_of(*(st.text(st.characters(min_codepoint=low, exclude_categories=["Cs"]), min_size=1, max_size=4)
+                   for low in (0x100, 0x10000)))  # fmt: skip
+def holds(charset: str, value: str) -> bool:
+    """Whether a column in `charset` can hold `value` (MariaDB's latin1 is cp1252)."""
+    if charset == "utf8mb3":
+        return all(ord(c) <= 0xFFFF for c in value)
+    try:
+        value.encode("cp1252")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+TEXT_OPS = ["eq", "ne", "in", "not_in", "contains", "startswith", "endswith", "gt", "between"]
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+def test_text_a_columns_character_set_cant_hold_is_an_input_error(
+    narrow_notes: tuple[str, Engine, AsyncEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    # MariaDB refuses to compare a latin1 or utf8mb3 column with such text ("illegal mix of
+    # collations"): the agent gets a validation error, reads and writes nothing, never a
+    # generic database failure logged as unexpected.
+    charset, sync_engine, async_engine = narrow_notes
+    ts = Toolset(NoteBase, NOTE_POLICY, secret_key=b"n" * 32)
+    loop = asyncio.new_event_loop()
+    with sync_engine.connect() as conn:
+        before = conn.execute(select(Note.__table__).order_by(Note.id)).all()
+
+    async def run(op: str, wide: str, use_async: bool) -> None:
+        value: Any = [wide, "café"] if op in ("in", "not_in", "between") else wide
+        if holds(charset, wide):
+            return  # an ordinary value there
+        flt = [{"field": "title", "op": op, "value": value}]
+        async with AsyncSession(async_engine) if use_async else _sync(sync_engine) as db:
+            ctx = RunContext(ACME, db)
+            for call in (ts.query(ctx, "Note", filters=flt), ts.aggregate(ctx, "Note", filters=flt),
+                         ts.bulk_update(ctx, "Note", flt, {"title": "x"})):  # fmt: skip
+                with pytest.raises(ValidationError, match="character set"):
+                    await call
+            # The session is usable; text the column holds still compares as before.
+            page = await ts.query(ctx, "Note", filters=[{"field": "title", "op": "eq", "value": "café"}])
+            assert [r["id"] for r in page.rows] == [1]
+
+    @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(TEXT_OPS), WIDE, st.booleans())
+    def check(op: str, wide: str, use_async: bool) -> None:
+        loop.run_until_complete(run(op, wide, use_async))
+
+    try:
+        check()
+        loop.run_until_complete(run("contains", "😀", True))
+        loop.run_until_complete(run("in", "😀", False))
+    finally:
+        loop.close()
+    with sync_engine.connect() as conn:
+        assert conn.execute(select(Note.__table__).order_by(Note.id)).all() == before
+    assert _unexpected(caplog) == []
+
+
+@asynccontextmanager
+async def _sync(engine: Engine) -> AsyncIterator[Session]:
+    with Session(engine) as db:
+        yield db
 
 
 # Characters that change how the text around them reads: line and paragraph separators, C0 and C1
