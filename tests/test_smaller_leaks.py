@@ -7,7 +7,7 @@
 - Principal ids are str or int, and principals that differ only in the types of their values
   (`True` / `1` / `1.0`) never share a cache entry, a scope or a cursor.
 
-SQLite and PostgreSQL; sync sessions (psycopg) and async ones (asyncpg).
+SQLite, PostgreSQL and MariaDB; sync sessions (psycopg, PyMySQL) and async ones (asyncpg, aiomysql).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The hostile agent sets foreign keys to rows of another tenant or user (hidden models, composite
 keys matched column by column, keys through masked columns) and uses a write's check as an
 oracle. Each is refused before any statement (by the policy) or with the same error as a key
-that exists nowhere, and nothing is written. SQLite and PostgreSQL, sync (psycopg) and async
-(asyncpg) sessions.
+that exists nowhere, and nothing is written. SQLite, PostgreSQL and MariaDB, sync (psycopg,
+PyMySQL) and async (asyncpg, aiomysql) sessions.
 """
 
 from __future__ import annotations
