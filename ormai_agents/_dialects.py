@@ -43,6 +43,7 @@ __all__ = [
     "exact_compare",
     "exact_equals",
     "exact_in",
+    "exact_order",
     "is_text",
     "nulls_last",
     "probe_statement",
@@ -191,6 +192,12 @@ def exact_in(column: Any, values: Sequence[Any], negated: bool = False) -> Colum
     if negated:
         return ~_BytesIn(column, *binds)
     return and_(column.in_(binds), _SameBytesIn(column, *binds))
+
+
+def exact_order(column: Any) -> Any:
+    """An ORDER BY key that orders texts a collation holds equal ('k1' and 'K1' under
+    `utf8mb4_general_ci`) by their bytes."""
+    return _Bytes(column)
 
 
 # Where a column's own comparison is already exact (PostgreSQL text under a deterministic

@@ -18,7 +18,7 @@ from sqlalchemy import select as sql_select
 from ormai_agents import _inputs
 from ormai_agents._call import Call
 from ormai_agents._dberrors import map_db_errors, retrying
-from ormai_agents._dialects import nulls_last
+from ormai_agents._dialects import exact_order, is_text, nulls_last
 from ormai_agents._errors import (
     DatabaseError,
     InvalidCursorError,
@@ -95,7 +95,7 @@ async def query(
         stmt = (
             plan.select(columns)
             .where(*where.clauses, *conditions)
-            .order_by(*(_order_clause(k) for k in keys))
+            .order_by(*(_order_clause(k) for k in keys), *_collation_ties(plan))
             .limit(bindparam("ormai_limit"))
         )
         return stmt, key_at, rel_at
@@ -345,6 +345,7 @@ async def _related(
     if rel.many:
         # Each parent's first max_rows related rows, ordered by readable fields only.
         order = [_order_clause(_SortKey(f.column, False, f.nullable, f.coerce)) for f in target.order_fields]
+        order += _collation_ties(target)
         rank = func.row_number().over(partition_by=remote, order_by=order or None).label("_rn")
         ranked = stmt.add_columns(rank).subquery()
         stmt = sql_select(*(c for c in ranked.c if c.key != "_rn")).where(ranked.c["_rn"] <= target.max_rows)
@@ -377,6 +378,19 @@ def _sort_keys(plan: ModelPlan, order: list[tuple[FieldInfo, bool]]) -> list[_So
     ordered = {info.name for info, _ in order}
     keys += [_SortKey(f.column, False, f.nullable, f.coerce) for f in plan.order_fields if f.name not in ordered]
     return keys
+
+
+def _collation_ties(plan: ModelPlan) -> list[Any]:
+    """ORDER BY keys after every readable field of a model without a readable unique key: rows
+    a collation holds equal ('k1' and 'K1' on MariaDB) are ordered by their bytes, not left in
+    the database's order, which follows a key the agent can't read."""
+    if plan.tiebreak is not None:
+        return []
+    return [
+        _order_clause(_SortKey(exact_order(f.column), False, f.nullable, f.coerce))
+        for f in plan.order_fields
+        if is_text(f.column)
+    ]
 
 
 def _open_cursor(runtime: Runtime, keys: list[_SortKey], cursor: Any, binding: str, pageable: bool) -> list[Any]:
