@@ -10,6 +10,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
+from ormai_agents._db import HANDLE_TYPES
+
 if TYPE_CHECKING:
     from ormai_agents.audit import AuditRecord
 
@@ -179,7 +181,7 @@ class RunContext:
     def __post_init__(self) -> None:
         if not isinstance(self.principal, Principal):
             raise TypeError("RunContext.principal must be an ormai_agents.Principal")
-        if not isinstance(self.db, (Session, AsyncSession, Connection, AsyncConnection)):
+        if not isinstance(self.db, HANDLE_TYPES):
             raise TypeError(
                 "RunContext.db must be a SQLAlchemy Session, AsyncSession, Connection or AsyncConnection"
             )

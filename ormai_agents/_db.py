@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.engine import Connection, CursorResult, Dialect, Row
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,29 @@ def _kind(db: Any) -> int:
         if isinstance(db, cls):
             return k
     raise TypeError("the database handle must be a SQLAlchemy Session, AsyncSession, Connection or AsyncConnection")
+
+
+def engine_of(db: Any) -> Engine | None:
+    """The sync Engine behind a Session, AsyncSession, Connection or AsyncConnection; None for
+    anything else, or a session without a single bind."""
+    try:
+        kind = _kind(db)
+    except TypeError:
+        return None
+    try:
+        if kind == _SESSION:
+            bind: Any = db.get_bind()
+        elif kind == _ASYNC_SESSION:
+            bind = db.sync_session.get_bind()
+        elif kind == _CONNECTION:
+            bind = db.engine
+        else:
+            bind = db.sync_engine
+    except Exception:  # noqa: BLE001 - a session without a single bind: no guess
+        return None
+    if isinstance(bind, Connection):
+        bind = bind.engine
+    return bind if isinstance(bind, Engine) else None
 
 
 class Savepoint:
@@ -182,15 +205,17 @@ async def _probe(conn: Any) -> None:
         # Without an answer every text comparison keeps its byte check; the error is the call's.
         log.warning("ormai_agents: could not read the column collations; text comparisons stay byte-exact")
         if remember_probe(dialect, None):
-            _engine_of(conn).clear_compiled_cache()
+            _clear_compiled(conn)
         raise
     if remember_probe(dialect, rows):
         # A collation changed: statements compiled under the old answer are compiled again.
-        _engine_of(conn).clear_compiled_cache()
+        _clear_compiled(conn)
 
 
-def _engine_of(conn: Any) -> Any:
-    return conn.sync_engine if hasattr(conn, "sync_engine") else conn.engine
+def _clear_compiled(conn: Connection | AsyncConnection) -> None:
+    engine = engine_of(conn)
+    if engine is not None:
+        engine.clear_compiled_cache()
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -200,4 +225,4 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-__all__ = ["HANDLE_TYPES", "DbHandle", "Savepoint"]
+__all__ = ["HANDLE_TYPES", "DbHandle", "Savepoint", "engine_of"]

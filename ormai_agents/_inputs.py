@@ -392,7 +392,7 @@ def parse_include(
 
 def parse_id(plan: ModelPlan, id: Any) -> list[Any]:
     """Primary key values in mapper order, coerced to their column types."""
-    if any(info is None or not info.plain for info in plan.pk):
+    if not plan.keyed:
         raise ValidationError(f"get is not available on {plan.name}; use query with filters instead")
     infos: list[FieldInfo] = [i for i in plan.pk if i is not None]
     if len(infos) == 1:

@@ -26,11 +26,22 @@ class FilterOperator:
     shape: ValueShape
     text: str  # what it means, for tool schemas and docs
     clause: Callable[[Any, Any], Any]  # (column, coerced value) -> SQLAlchemy boolean clause
+    # A text operator's LIKE pattern around the value, for statements that bind the whole pattern
+    # as one parameter (the read path's cached statements); `clause` escapes the same way.
+    like: tuple[str, str] | None = None
 
     @property
     def comparable_only(self) -> bool:
         """Only fields with comparable values take it (everything but is_null)."""
         return self.shape != "flag"
+
+    def pattern(self, text: str) -> str:
+        """`text` as this text operator's LIKE pattern, matching it literally (escape character '/',
+        as `autoescape` in `clause`)."""
+        if self.like is None:
+            raise ValueError(f"{self.name} is not a text operator")
+        before, after = self.like
+        return before + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + after
 
 
 def _like(method: str) -> Callable[[Any, Any], Any]:
@@ -53,9 +64,9 @@ FILTER_OPERATORS: dict[str, FilterOperator] = {
             "is_null", "flag", "is null (value true or null) or is not null (false)",
             lambda c, v: c.is_(None) if v else c.is_not(None),
         ),
-        FilterOperator("contains", "text", "text contains the value", _like("contains")),
-        FilterOperator("startswith", "text", "text starts with the value", _like("startswith")),
-        FilterOperator("endswith", "text", "text ends with the value", _like("endswith")),
+        FilterOperator("contains", "text", "text contains the value", _like("contains"), ("%", "%")),
+        FilterOperator("startswith", "text", "text starts with the value", _like("startswith"), ("", "%")),
+        FilterOperator("endswith", "text", "text ends with the value", _like("endswith"), ("%", "")),
         FilterOperator("between", "pair", "between low and high, both included", lambda c, v: c.between(v[0], v[1])),
     )
 }  # fmt: skip

@@ -184,21 +184,13 @@ async def aggregate(call: Call, function: Any, field: Any, filters: Any, group_b
 
 # --- filters as bound parameters ------------------------------------------------------------
 
-_LIKE = {"contains": ("%", "%"), "startswith": ("", "%"), "endswith": ("%", "")}
-
-
-def _like_pattern(op: str, text: str) -> str:
-    """`text` as a LIKE pattern that matches it literally (escape character '/')."""
-    before, after = _LIKE[op]
-    return before + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + after
-
-
 def _filter_params(parsed: list[ParsedFilter]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The filters' shape (what changes the SQL) and their values as bind parameters."""
     shape: list[Any] = []
     params: dict[str, Any] = {}
     for i, f in enumerate(parsed):
-        kind = FILTER_OPERATORS[f.op].shape
+        operator = FILTER_OPERATORS[f.op]
+        kind = operator.shape
         name = f"ormai_f{i}"
         if kind == "flag":
             shape.append((f.info.name, f.op, f.value))  # IS NULL / IS NOT NULL: no value to bind
@@ -207,7 +199,7 @@ def _filter_params(parsed: list[ParsedFilter]) -> tuple[tuple[Any, ...], dict[st
         if kind == "pair":
             params[name + "a"], params[name + "b"] = f.value
         elif kind == "text":
-            params[name] = _like_pattern(f.op, f.value)
+            params[name] = operator.pattern(f.value)
         else:
             params[name] = f.value
     return tuple(shape), params

@@ -59,7 +59,7 @@ def redact_inputs(plan: ModelPlan | None, inputs: Mapping[str, Any], patterns: S
 
 def _pk_plain(plan: ModelPlan | None) -> bool:
     """Whether every primary-key field is plainly readable (so an `id` may be logged)."""
-    return plan is not None and bool(plan.pk) and all(f is not None and f.plain for f in plan.pk)
+    return plan is not None and bool(plan.pk) and plan.keyed
 
 
 def _redact_filters(value: Any, plain: Callable[[Any], bool], scrub: Callable[[Any], Any]) -> list[Any]:

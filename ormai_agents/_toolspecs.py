@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 from ormai_agents._errors import ValidationError
 from ormai_agents._operations import (
     AGGREGATE_FUNCTIONS,
+    FILTER_OPERATORS,
     FILTER_OPS,
     OPERATIONS,
     READ_OPERATIONS,
@@ -144,6 +145,16 @@ def _camel(name: str) -> str:
 _VALUE = float | bool | str | list[float | str]
 
 
+def _ops_taking(shape: str) -> str:
+    return "/".join(n for n, op in FILTER_OPERATORS.items() if op.shape == shape)
+
+
+# Which operators take which value, from the operator table (a new list operator is named here too).
+_VALUE_TEXT = (
+    f"A list for {_ops_taking('list')}, [low, high] for {_ops_taking('pair')}, true/false for {_ops_taking('flag')}"
+)
+
+
 @lru_cache(maxsize=1024)
 def _filter_model(fields: tuple[str, ...]) -> type[ToolArguments]:
     return _model(
@@ -151,7 +162,7 @@ def _filter_model(fields: tuple[str, ...]) -> type[ToolArguments]:
         {
             "field": _required(_enum(fields)),
             "op": _required(_enum(FILTER_OPS)),
-            "value": _required(_VALUE, "A list for in/not_in, [low, high] for between, true/false for is_null"),
+            "value": _required(_VALUE, _VALUE_TEXT),
         },
     )
 

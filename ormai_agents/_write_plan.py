@@ -92,6 +92,13 @@ class WritePlan:
     def writable(self, op: str) -> list[str]:
         return self.writable_create if op == "create" else self.writable_update
 
+    def sent_fields(self) -> set[str]:
+        """Every field the agent may set through the write tools that exist."""
+        ops = self.operations
+        return set(self.writable_create if "create" in ops else ()) | set(
+            self.writable_update if "update" in ops or "bulk_update" in ops else ()
+        )
+
 
 def refusals(plan: ModelPlan, op: str) -> dict[str, str]:
     """Readable fields the agent may not send for `op`, with the reason (the agent may see these names)."""
@@ -113,12 +120,6 @@ def refusals(plan: ModelPlan, op: str) -> dict[str, str]:
         elif fname in wp.immutable_fields:
             out[fname] = f"{fname!r} can't be changed once the record exists"
     return out
-
-
-def writable_fields(plan: ModelPlan, op: str) -> list[str]:
-    """The fields the agent may send in `data` for `op` (create, update or bulk_update)."""
-    refused = refusals(plan, op)
-    return [n for n in plan.fields if n not in refused]
 
 
 def build_write_plans(
@@ -194,10 +195,7 @@ def _references(wplan: WritePlan, exposed: Mapping[Any, ModelPlan], listed: Mapp
     with `allowed=False` scopes the check with its own scoping and restrict policies.
     """
     plan, table = wplan.plan, wplan.table
-    ops = wplan.operations
-    agent_set = set(wplan.writable_create if "create" in ops else ()) | set(
-        wplan.writable_update if "update" in ops or "bulk_update" in ops else ()
-    )
+    agent_set = wplan.sent_fields()
     if table is None or not agent_set:
         return []
     attr_of = {c: k for k, c in plan.columns.items()}
@@ -236,10 +234,7 @@ def _refuse_write_oracles(wplan: WritePlan) -> None:
     write's check into an oracle (`spend <= credit_limit`, credit_limit masked: the outcome of
     a few writes gives the hidden value away). Refused unless the policy accepts it."""
     plan = wplan.plan
-    ops = wplan.operations
-    written = set(wplan.writable_create if "create" in ops else ()) | set(
-        wplan.writable_update if "update" in ops or "bulk_update" in ops else ()
-    )
+    written = wplan.sent_fields()
     if not written:
         return
     for rp in plan.restricts:
@@ -333,8 +328,8 @@ def parse_change(wplan: WritePlan, op: str, args: Mapping[str, Any]) -> Change:
     """Validate the agent's arguments for `op`. Nothing touches the database."""
     plan = wplan.plan
     change = Change(op)
-    if op in ("update", "delete"):
-        if any(info is None or not info.plain for info in plan.pk):
+    if TABLE[op].by_key:
+        if not plan.keyed:
             raise ValidationError(f"{op} by id is not available on {plan.name}")
         change.key = _inputs.parse_id(plan, args.get("id"))
     if op == "bulk_update":
@@ -469,6 +464,5 @@ __all__ = [
     "normalize_arguments",
     "parse_change",
     "refusals",
-    "writable_fields",
     "write_action",
 ]

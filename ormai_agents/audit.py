@@ -69,7 +69,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
-from ormai_agents._db import DbHandle
+from ormai_agents._db import DbHandle, engine_of
 from ormai_agents._dialects import exact_equals
 from ormai_agents._storable import MAX_TEXT, clean, clean_text, escape_line
 
@@ -1046,26 +1046,6 @@ def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str |
     )
 
 
-def _engine_of(db: Any) -> Engine | None:
-    """The sync Engine behind a Session, AsyncSession, Connection or AsyncConnection."""
-    try:
-        if isinstance(db, AsyncSession):
-            bind: Any = db.sync_session.get_bind()
-        elif isinstance(db, Session):
-            bind = db.get_bind()
-        elif isinstance(db, AsyncConnection):
-            bind = db.sync_engine
-        elif isinstance(db, Connection):
-            bind = db.engine
-        else:
-            return None
-    except Exception:  # noqa: BLE001 - a session without a single bind: no guess
-        return None
-    if isinstance(bind, Connection):
-        bind = bind.engine
-    return bind if isinstance(bind, Engine) else None
-
-
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 
 
@@ -1167,7 +1147,7 @@ class SqlAuditStore:
         transaction (see `in_caller_transaction` in the class docstring)."""
         if self.in_caller_transaction is not None:
             return self.in_caller_transaction
-        caller = _engine_of(db)
+        caller = engine_of(db)
         if caller is None:
             return False
         verdict = self._same_database.get(caller)

@@ -37,6 +37,7 @@ from ormai_agents._call import DENIED_CODES
 from ormai_agents._context import Principal, RunContext
 from ormai_agents._db import DbHandle
 from ormai_agents._errors import OrmAIError
+from ormai_agents._operations import OPERATIONS, WRITE_OPERATIONS
 from ormai_agents._paths import parse_principal_path
 from ormai_agents._plan import ModelPlan
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
@@ -70,8 +71,8 @@ __all__ = [
     "within_limits",
 ]
 
-TOOLS = ("describe_schema", "query", "get", "aggregate", "create", "update", "delete", "bulk_update")
-WRITE_TOOLS = frozenset({"create", "update", "delete", "bulk_update"})
+TOOLS: tuple[str, ...] = tuple(OPERATIONS)
+WRITE_TOOLS = frozenset(WRITE_OPERATIONS)
 Outcome = Literal["success", "denied", "error"]
 
 
@@ -466,7 +467,7 @@ class NoCrossTenantData(Invariant):
         self, obs: Observation, model: str, plan: ModelPlan, rows: list[dict[str, Any]], scope: _Scope
     ) -> list[Violation]:
         names = [info.name for info in plan.pk if info is not None and info.plain]
-        identified = len(names) == len(plan.pk)  # every key column is a plain field
+        identified = plan.keyed  # every key column is a plain field
         keyed = [r for r in rows if identified and all(n in r for n in names)]
         unkeyed = [r for r in rows if not (identified and all(n in r for n in names))]
         out: list[Violation] = []

@@ -64,6 +64,7 @@ from starlette.types import Receive, Scope, Send
 
 from ormai_agents._context import AuditSink, Principal
 from ormai_agents._kernel import Decision, HostError, ToolReply, ToolRunner
+from ormai_agents._operations import READ_OPERATIONS, WRITE_OPERATIONS
 from ormai_agents._sessions import SessionFactory
 from ormai_agents._storable import escape_misleading
 from ormai_agents._toolspecs import Layout, ToolSpec, build_tool_specs, render
@@ -89,7 +90,7 @@ _APPROVAL_FORM: dict[str, Any] = {
     "required": ["approve"],
 }
 _MAX_REASON = 500
-_DESTRUCTIVE = frozenset({"update", "delete", "bulk_update"})
+_DESTRUCTIVE = frozenset(WRITE_OPERATIONS) - {"create"}  # every write but create changes or removes records
 _FROM_CONTEXT: Any = object()  # _call_tool: the principal of the request being handled
 
 
@@ -130,7 +131,7 @@ class _TokenVerifier:
 
 
 def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
-    read = spec.method in ("describe_schema", "query", "get", "aggregate")
+    read = spec.method in READ_OPERATIONS
     return types.ToolAnnotations(
         readOnlyHint=read,
         destructiveHint=None if read else spec.method in _DESTRUCTIVE,

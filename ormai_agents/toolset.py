@@ -14,6 +14,7 @@ from ormai_agents import _reads, _writes
 from ormai_agents._call import Call
 from ormai_agents._context import RunContext
 from ormai_agents._errors import OrmAIError, ValidationError
+from ormai_agents._operations import OPERATIONS
 from ormai_agents._plan import ModelPlan
 from ormai_agents._results import AggregateResult, GetResult, QueryResult, SchemaResult, WriteResult
 from ormai_agents._runtime import Runtime
@@ -198,7 +199,7 @@ class Toolset:
     def writable_fields(self, model: str, operation: str) -> list[str]:
         """The fields an agent may send in `data` for `operation` (create, update or bulk_update)."""
         plan = self.plan(model)
-        if operation not in ("create", "update", "bulk_update"):
+        if operation not in OPERATIONS or "data" not in OPERATIONS[operation].arguments:
             raise ValueError("operation must be create, update or bulk_update")
         if getattr(plan.policy.write_policy, operation).value == "deny":
             return []

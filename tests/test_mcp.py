@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from ormai_agents import Principal, Toolset, WriteAction, page_records
+from ormai_agents._operations import OPERATIONS, READ_OPERATIONS
 from ormai_agents._toolspecs import build_tool_specs
 from ormai_agents.approvals import ApprovalStatus
 from ormai_agents.audit import MemoryAuditStore
@@ -506,3 +507,18 @@ async def test_token_verification_through_the_hosts_resolver(caplog: pytest.LogC
     assert await _TokenVerifier(lambda t: {"tenant_id": "globex"}).verify_token("g" * 20) is None  # type: ignore[arg-type,return-value]
     assert await _TokenVerifier(broken).verify_token("g" * 20) is None
     assert any("key store down" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+async def test_annotations_follow_the_operations_table() -> None:
+    ts = toolset(write_policy())
+    server = create_server(toolset=ts, session_factory=sessionmaker(), principal=ACME)
+    async with connected(server) as client:
+        listed = (await client.list_tools()).tools
+    methods = {s.name: s.method for s in build_tool_specs(ts)}
+    assert set(methods.values()) == set(OPERATIONS)  # every operation has a tool here
+    for tool in listed:
+        method, hints = methods[tool.name], tool.annotations
+        assert hints is not None
+        assert hints.readOnlyHint is (method in READ_OPERATIONS), tool.name
+        # Only create adds without changing or removing what is there.
+        assert hints.destructiveHint == (None if method in READ_OPERATIONS else method != "create"), tool.name

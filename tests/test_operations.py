@@ -6,16 +6,18 @@ is shown and what the toolset accepts can't disagree.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, String, create_engine
+from sqlalchemy import Integer, String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ormai_agents import (
     FieldAction,
     ModelPolicy,
+    OrmAIError,
     Policy,
     Principal,
     RunContext,
@@ -175,3 +177,58 @@ def test_every_operator_in_the_table_is_accepted_and_shown() -> None:
     for op in FILTER_OPS:
         assert FilterSpec(field="status", op=op).op == op
     assert set(OPERATIONS) == {"describe_schema", "query", "get", "aggregate", *WRITE_OPERATIONS}
+
+
+async def test_a_key_not_plainly_readable_names_no_record(db: Session) -> None:
+    toolset = Toolset(Base, _policy())
+    ctx = RunContext(Principal(tenant_id=7), db)
+    # The plan's `keyed` decides for get, update and delete alike, and for logging an id.
+    assert not toolset.plan("Secret").keyed and toolset.plan("Note").keyed
+    with pytest.raises(ValidationError, match="get is not available on Secret"):
+        await toolset.get(ctx, model="Secret", id="x")
+    with pytest.raises(OrmAIError):
+        await toolset.update(ctx, model="Secret", id="x", data={"label": "y"})
+    with pytest.raises(OrmAIError):
+        await toolset.delete(ctx, model="Secret", id="x")
+    await toolset.create(ctx, model="Note", data={"id": 1, "note": "hello"})
+    records: list[Any] = []
+    audited = RunContext(Principal(tenant_id=7), db, on_audit=records.append)
+    await toolset.get(audited, model="Note", id={"tenant_id": 7, "id": 1})
+    with contextlib.suppress(OrmAIError):
+        await toolset.get(audited, model="Secret", id="x")
+    assert [r.inputs.get("id") for r in records] == [{"tenant_id": 7, "id": 1}, "[REDACTED]"]
+
+
+def test_the_tool_name_lists_are_the_operations_table() -> None:
+    from ormai_agents import eval as ormai_eval
+
+    assert ormai_eval.TOOLS == tuple(OPERATIONS)
+    assert ormai_eval.WRITE_TOOLS == frozenset(WRITE_OPERATIONS)
+    toolset = Toolset(Base, _policy())
+    assert toolset.writable_fields("Note", "create") == ["id", "note"]
+    for operation in ("delete", "query", "nonsense"):
+        with pytest.raises(ValueError, match="operation must be create, update or bulk_update"):
+            toolset.writable_fields("Note", operation)
+
+
+_TEXT_OPS = [name for name, op in FILTER_OPERATORS.items() if op.shape == "text"]
+_MEANS = {"contains": lambda text, v: v in text, "startswith": str.startswith, "endswith": str.endswith}
+
+
+@pytest.mark.parametrize("op", _TEXT_OPS)
+async def test_a_text_operator_is_one_entry_for_reads_and_writes(db: Session, op: str) -> None:
+    """Reads bind the operator's LIKE pattern (`pattern`), bulk_update runs its `clause`: the same rows,
+    wildcards and the escape character matched literally."""
+    toolset = Toolset(Base, _policy())
+    ctx = RunContext(Principal(tenant_id=7), db)
+    notes = ["a%b", "a_b", "axb", "a/b", "a\\b", "%", "_", "/", "ab", "b%a", "//%"]
+    for i, note in enumerate(notes, 1):
+        await toolset.create(ctx, model="Note", data={"id": i, "note": note})
+    operator = FILTER_OPERATORS[op]
+    for needle in ["%", "_", "/", "a%", "%b", "a_", "\\", "a", "//"]:
+        page = await toolset.query(ctx, model="Note", filters=[{"field": "note", "op": op, "value": needle}], limit=50)
+        by_pattern = sorted(r["id"] for r in page.rows)
+        by_clause = sorted(db.scalars(select(Note.id).where(operator.clause(Note.note, needle), Note.tenant_id == 7)))
+        assert by_pattern == by_clause == [i for i, n in enumerate(notes, 1) if _MEANS[op](n, needle)], needle
+    with pytest.raises(ValueError):
+        FILTER_OPERATORS["eq"].pattern("x")

@@ -9,9 +9,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from ormai_agents import RunContext
+from ormai_agents._db import engine_of
 from ormai_agents._sessions import open_session
 from tests import shop
-from tests.conftest import BACKENDS, Backend
+from tests.conftest import ACME, BACKENDS, Backend
 
 
 async def _run(db: Any, stmt: Any) -> Any:
@@ -54,3 +56,34 @@ async def test_factory_must_make_a_session() -> None:
     with pytest.raises(TypeError):
         async with open_session(lambda: object()):
             pass
+
+
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("kind", ["session", "async_session", "connection", "async_connection"])
+async def test_every_handle_kind_reaches_its_engine(empty_backend: Backend, kind: str) -> None:
+    """`engine_of` is the one dispatch from a handle to its engine (the audit store's same-database
+    check and the collation probe's cache reset both use it); RunContext takes exactly these kinds."""
+    sync = empty_backend.sync_engine
+    if kind == "session":
+        with Session(sync) as s:
+            assert engine_of(s) is sync
+            RunContext(ACME, s)
+    elif kind == "connection":
+        with sync.connect() as c:
+            assert engine_of(c) is sync
+            RunContext(ACME, c)
+    elif kind == "async_session":
+        async with AsyncSession(empty_backend.async_engine) as a:
+            assert engine_of(a) is empty_backend.async_engine.sync_engine
+            RunContext(ACME, a)
+    else:
+        async with empty_backend.async_engine.connect() as ac:
+            assert engine_of(ac) is empty_backend.async_engine.sync_engine
+            RunContext(ACME, ac)
+
+
+def test_anything_else_is_no_handle() -> None:
+    assert engine_of(object()) is None
+    assert engine_of(Session()) is None  # no bind: no guess
+    with pytest.raises(TypeError):
+        RunContext(ACME, object())  # type: ignore[arg-type]
