@@ -7,6 +7,8 @@ functions excluded) has no cycle, and the framework-neutral core imports no adap
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -91,3 +93,31 @@ def test_the_core_imports_no_adapter() -> None:
                 seen.add(module)
                 todo += graph[module]
         assert not [m for m in seen if m.startswith(ADAPTERS)], name
+
+
+def test_every_name_the_architecture_page_cites_exists() -> None:
+    """`module.name` and `Class.method` in docs/architecture.md name real code (a rename updates the page)."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem not in ("__init__", "__main__", "langchain", "llamaindex", "mcp", "_mcp_command"):
+            modules[path.stem] = importlib.import_module(f"ormai_agents.{path.stem}")
+    cited = set(re.findall(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)", text))
+    missing = []
+    for name in sorted(cited):
+        first, *rest = name.split(".")
+        if rest[-1] in ("py", "toml", "md", "yml") or first == "ctx":
+            continue  # a file, or the call's context argument
+        owners = [modules[first]] if first in modules else [m for m in modules.values() if hasattr(m, first)]
+        roots = owners if first in modules else [getattr(m, first) for m in owners]
+        if not any(_resolves(root, rest) for root in roots):
+            missing.append(name)
+    assert len(cited) > 40 and not missing, missing
+
+
+def _resolves(obj: object, attrs: list[str]) -> bool:
+    for attr in attrs:
+        if not hasattr(obj, attr):
+            return False
+        obj = getattr(obj, attr)
+    return True
