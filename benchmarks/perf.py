@@ -4,6 +4,7 @@
     python -m benchmarks.perf --backends sqlite --audit off,memory,sql -n 3000
     python -m benchmarks.perf --scale               # per-call cost at 10k, 100k and 1M rows
     python -m benchmarks.perf --backends none --concurrency   # 32 concurrent async calls, PostgreSQL
+    python -m benchmarks.perf --repeat 3            # everything three times, then the spread of each ratio
 
 For every operation each iteration runs the raw statement and the toolset call back to back (the
 order alternates) and records ours/raw; the table shows the median of those paired ratios and the
@@ -276,7 +277,7 @@ async def run_backend(name: str, engine: Engine, audits: list[str], n: int, ops:
     return rows
 
 
-async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> None:
+async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> tuple[float, ...] | None:
     """Throughput of `width` concurrent calls on the async path (asyncpg) vs raw async Core.
 
     Each call opens its own AsyncSession from one pool, as the framework adapters do. Every
@@ -286,7 +287,7 @@ async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> No
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
     if pg_engine(per_tenant) is None:
-        return
+        return None
     url = make_url(PG_URL).set(drivername="postgresql+asyncpg")
     engine = create_async_engine(
         url, pool_size=width, max_overflow=0,
@@ -347,6 +348,25 @@ async def concurrency(per_tenant: int, total: int = 3200, width: int = 32) -> No
           f"p99 raw {p('raw', 99):.1f} ms ours {p('ours', 99):.1f} ms   rows of another tenant: {bleed}")  # fmt: skip
     if bleed:
         raise SystemExit("principal bleed under load")
+    return o / r, p("raw", 50), p("ours", 50), p("raw", 99), p("ours", 99)
+
+
+def summarise(rows: list[tuple[Any, ...]], rates: list[tuple[float, ...]]) -> None:
+    """Per backend, audit and operation: the median over the rounds of each round's median
+    paired ratio, and the lowest and highest (the spread is the machine's noise)."""
+    by: dict[tuple[str, str, str], list[float]] = {}
+    for name, audit, op, _r, _o, ratio in rows:
+        by.setdefault((name, audit, op), []).append(ratio)
+    if by:
+        print(f"\nsummary over {len(next(iter(by.values())))} rounds: median ratio [lowest - highest]")
+    for (name, audit, op), ratios in by.items():
+        print(f"{name:<9} {audit:<7} {op:<10} {statistics.median(ratios):5.2f} [{min(ratios):.2f} - {max(ratios):.2f}]")
+    if rates:
+        ratio = [r[0] for r in rates]
+        print(f"\nconcurrency over {len(rates)} rounds: ours/raw {statistics.median(ratio):.2f} "
+              f"[{min(ratio):.2f} - {max(ratio):.2f}]; median p50 raw {statistics.median(r[1] for r in rates):.1f} ms "
+              f"ours {statistics.median(r[2] for r in rates):.1f} ms, p99 raw {statistics.median(r[3] for r in rates):.1f} ms "
+              f"ours {statistics.median(r[4] for r in rates):.1f} ms")  # fmt: skip
 
 
 async def scale(n: int) -> None:
@@ -366,24 +386,34 @@ def main() -> None:
     parser.add_argument("--per-tenant", type=int, default=10_000)
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--concurrency", action="store_true", help="32 concurrent async calls on PostgreSQL")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything this many times; summarise the ratios")
     args = parser.parse_args()
     ops = [o for o in args.ops.split(",") if o]
     audits = args.audit.split(",")
 
     async def run() -> None:
-        for backend in args.backends.split(","):
-            makers = {"sqlite": sqlite_engine, "postgres": pg_engine, "mysql": mysql_engine}
-            if backend not in makers:
-                continue
-            engine = makers[backend](args.per_tenant)
-            if engine is None:
-                continue
-            await run_backend(backend, engine, audits, args.n, ops)
-            engine.dispose()
-        if args.scale:
-            await scale(args.n)
-        if args.concurrency:
-            await concurrency(args.per_tenant)
+        rows: list[tuple[Any, ...]] = []
+        rates: list[tuple[float, ...]] = []
+        for round_ in range(args.repeat):
+            if args.repeat > 1:
+                print(f"\nround {round_ + 1} of {args.repeat}", flush=True)
+            for backend in args.backends.split(","):
+                makers = {"sqlite": sqlite_engine, "postgres": pg_engine, "mysql": mysql_engine}
+                if backend not in makers:
+                    continue
+                engine = makers[backend](args.per_tenant)
+                if engine is None:
+                    continue
+                rows += await run_backend(backend, engine, audits, args.n, ops)
+                engine.dispose()
+            if args.scale:
+                await scale(args.n)
+            if args.concurrency:
+                rate = await concurrency(args.per_tenant)
+                if rate is not None:
+                    rates.append(rate)
+        if args.repeat > 1:
+            summarise(rows, rates)
 
     asyncio.run(run())
 
