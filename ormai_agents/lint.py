@@ -22,6 +22,10 @@ reflects the database with SQLAlchemy's `inspect` and reports:
   `(tenant_id, customer_id) → customers(tenant_id, id)`): rows of one tenant may refer to
   another's, and deleting a row still referred to by rows its tenant can't see fails with
   `constraint_violation`.
+- `check-constraint-oracle` (warning): a CHECK constraint of the table relating a column the
+  agent writes to one it can't read plainly (`CHECK (spend <= credit_limit)`, credit_limit
+  masked): whether a write fails with `constraint_violation` tells where the hidden value lies,
+  as a restrict row policy would (which the toolset refuses unless `accept_write_oracle`).
 - `unmappable-table`: a table without a primary key (reflected mode only).
 - `policy-error`: the Toolset refuses the policy (the message says why).
 - `scope-collation` (warning): a scoping column whose collation folds case, accents or trailing
@@ -367,6 +371,48 @@ def scope_column_writable(ctx: LintContext, view: ModelView) -> Iterable[Finding
             yield Finding("scope-column-writable", view.name,
                           f"updates are allowed and scoping column {attr!r} can be changed by the agent",
                           f"add {attr!r} to write_policy.immutable_fields")  # fmt: skip
+
+
+@model_check
+def check_constraint_oracles(ctx: LintContext, view: ModelView) -> Iterable[Finding]:
+    """check-constraint-oracle: CHECK constraints that make a write's outcome an oracle."""
+    written = _written_columns(view)
+    if not written:
+        return
+    plain = {view.columns[a] for a in view.columns if _action(view, a) is FieldAction.Allow}
+    hidden = view.db_columns - plain
+    for check in ctx.inspector.get_check_constraints(view.table, schema=view.schema):
+        text = str(check.get("sqltext") or "")
+        used = {c for c in view.db_columns if re.search(rf"(?<![\w$]){re.escape(c)}(?![\w$])", text, re.IGNORECASE)}
+        sent, secret = sorted(used & written), sorted(used & hidden)
+        if sent and secret:
+            name = check.get("name") or "a CHECK constraint"
+            yield Finding("check-constraint-oracle", view.name,
+                          f"{name} of {view.table} relates {', '.join(sent)}, which the agent writes, to "
+                          f"{', '.join(secret)}, which it can't read: whether a write fails with "
+                          "constraint_violation tells it where the hidden value lies",
+                          f"make {', '.join(secret)} readable, or {', '.join(sent)} not writable, if the agent may "
+                          "not learn it", "warning")  # fmt: skip
+
+
+def _action(view: ModelView, attr: str) -> FieldAction:
+    fp = view.policy.fields.get(attr)
+    return fp.action if fp is not None else view.policy.default_field_action
+
+
+def _written_columns(view: ModelView) -> set[str]:
+    """Columns the agent may send in a create, update or bulk_update of the model."""
+    mp, wp = view.policy, view.policy.write_policy
+    creates = wp.create is not WriteAction.Deny
+    updates = wp.update is not WriteAction.Deny or wp.bulk_update is not WriteAction.Deny
+    if not mp.allowed or not (creates or updates):
+        return set()
+    server_set = set(wp.auto_set) | set(wp.auto_set_on_update) | set(mp.scoping)
+    return {
+        view.columns[a] for a in view.columns
+        if _action(view, a) is FieldAction.Allow and a not in server_set
+        and (creates or a not in wp.immutable_fields)
+    }  # fmt: skip
 
 
 # --- checks of the whole policy ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Integer, String, func, insert, select
+from sqlalchemy import CheckConstraint, ForeignKey, ForeignKeyConstraint, Integer, String, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ormai_agents import (
@@ -72,6 +72,17 @@ class Note(Base):
     region: Mapped[str | None] = mapped_column(String(10))
     code: Mapped[str | None] = mapped_column(String(10))
     text: Mapped[str | None] = mapped_column(String(100))
+
+
+class Allowance(Base):
+    """The same rule as a CHECK constraint of the table, not a row policy."""
+
+    __tablename__ = "reach_allowances"
+    __table_args__ = (CheckConstraint("spend <= credit_limit", name="ck_allowance_within_limit"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    spend: Mapped[int] = mapped_column(Integer)
+    credit_limit: Mapped[int] = mapped_column(Integer)
 
 
 class Budget(Base):
@@ -251,6 +262,37 @@ async def test_a_restrict_policy_relating_a_written_field_to_a_hidden_one_is_ref
     assert probes == {99: False, 100: False, 101: True}
     with backend.sync_engine.connect() as conn:
         assert conn.execute(select(func.max(Budget.spend))).scalar_one() == 100
+
+
+def allowance_policy(credit: FieldAction, spend_writable: bool = True) -> Policy:
+    return Policy(models={"Allowance": ModelPolicy(
+        fields={"id": "allow", "tenant_id": "allow", "spend": "allow", "credit_limit": FieldPolicy(action=credit)},
+        scoping=TENANT,
+        write_policy=WritePolicy(update=WriteAction.Allow if spend_writable else WriteAction.Deny,
+                                 auto_set={"tenant_id": "principal.tenant_id"}),
+    )})  # fmt: skip
+
+
+async def test_lint_flags_check_constraints_relating_a_written_field_to_a_hidden_one(backend: Backend) -> None:
+    from ormai_agents.lint import lint_policy
+
+    def found(policy: Policy) -> list[tuple[str | None, str]]:
+        return [(f.model, f.severity) for f in lint_policy(policy, backend.sync_engine, models=Base)
+                if f.code == "check-constraint-oracle"]  # fmt: skip
+
+    for credit in (FieldAction.Mask, FieldAction.Hash, FieldAction.Deny):
+        assert found(allowance_policy(credit)) == [("Allowance", "warning")]
+    assert found(allowance_policy(FieldAction.Allow)) == []  # readable: nothing to learn
+    assert found(allowance_policy(FieldAction.Mask, spend_writable=False)) == []  # nothing written
+    # What it warns of: the outcome of a write tells where the masked limit (100) lies.
+    with backend.sync_engine.begin() as conn:
+        conn.execute(insert(Allowance), [{"id": 1, "tenant_id": "acme", "spend": 10, "credit_limit": 100}])
+    toolset = Toolset(Base, allowance_policy(FieldAction.Mask))
+    outcomes = {}
+    for spend in (100, 101):
+        result = await attempt(backend, False, lambda db: toolset.update(RunContext(ACME, db), "Allowance", 1, {"spend": spend}))
+        outcomes[spend] = getattr(result, "code", "ok")
+    assert outcomes == {100: "ok", 101: "constraint_violation"}
 
 
 # --- deleting a row that invisible rows still refer to ----------------------------------------
