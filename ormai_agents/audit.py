@@ -57,6 +57,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -1009,6 +1010,38 @@ def _json() -> Any:
     return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
+class _JSONText(TypeDecorator[str]):
+    """A JSON column's value already serialised (by `_json_text`): bound as that text, cast to
+    jsonb on PostgreSQL, so the driver or SQLAlchemy doesn't serialise it a second time."""
+
+    impl = _json()
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+# The JSON columns, bound from the row's "<column>_json" keys.
+_JSON_COLUMNS = ("principal", "inputs", "scopes_injected", "policies_applied", "before", "after")
+
+
+def _plain(value: Any) -> Any:
+    """What `json.loads(_dumps(value))` gives back (and raises what it raises), without the round
+    trip for the scalars records carry."""
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int or (kind is float and math.isfinite(value)):
+        return value
+    return json.loads(_dumps(value))
+
+
+def _json_text(value: Any) -> str | None:
+    """The text SQLAlchemy's JSON type stored for `_plain(value)` (`json.dumps`' defaults), in one
+    pass; None stays SQL NULL."""
+    if value is None:
+        return None
+    return json.dumps(value, default=_json_default, allow_nan=False)
+
+
 def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str | None = None) -> Table:
     """The audit table's definition (for Alembic, or `metadata.create_all`)."""
     return Table(
@@ -1134,7 +1167,13 @@ class SqlAuditStore:
         self.in_caller_transaction = in_caller_transaction
         self.metadata = MetaData()
         self.table = audit_table(self.metadata, table_name, schema)
-        self._insert_row = insert(self.table)
+        # One INSERT for every record: inline (no RETURNING of the sequence number nobody reads),
+        # the JSON columns bound as the text `_row` serialised.
+        self._insert_row = (
+            insert(self.table)
+            .inline()
+            .values({name: bindparam(f"{name}_json", type_=_JSONText()) for name in _JSON_COLUMNS})
+        )
         # A sync engine's batches can be stored from any thread: when a loop ends, they are.
         sync = isinstance(engine, Engine)
         self._batcher = _Batcher(
@@ -1185,28 +1224,30 @@ class SqlAuditStore:
 
     def _row(self, record: AuditRecord) -> dict[str, Any]:
         # Plain columns are cut to their lengths; a value the database still refuses fails the
-        # batch, which is then split and the record stored in a fallback rendering.
-        data = json.loads(_record_json(record))
+        # batch, which is then split and the record stored in a fallback rendering. Each value is
+        # what the record's JSON gives back (`_plain`), and raises where that would, so a record
+        # that can't be written as JSON falls back the same way.
+        tenant_id, user_id = _plain(record.tenant_id), _plain(record.user_id)
         return {
-            "id": _cut(data["id"], 64),
-            "timestamp": record.timestamp,
-            "tenant_id": _key(data["tenant_id"]),
-            "user_id": _key(data["user_id"]),
-            "tool_name": _cut(data["tool_name"], 64),
-            "model": _cut(data["model"], 200),
-            "outcome": _cut(data["outcome"], 16),
-            "error_code": _cut(data["error_code"], 64),
-            "error_message": _cut(data["error_message"], None),
-            "row_count": data["row_count"],
-            "duration_ms": data["duration_ms"],
-            "bypass_used": bool(data["bypass_used"]),
-            "request_id": _cut(data["request_id"], 200),
-            "principal": {"tenant_id": data["tenant_id"], "user_id": data["user_id"], "roles": data["roles"]},
-            "inputs": data["inputs"],
-            "scopes_injected": data["scopes_injected"],
-            "policies_applied": data["policies_applied"],
-            "before": data["before"],
-            "after": data["after"],
+            "id": _cut(_plain(record.id), 64),
+            "timestamp": _utc(record.timestamp),
+            "tenant_id": _key(tenant_id),
+            "user_id": _key(user_id),
+            "tool_name": _cut(_plain(record.tool_name), 64),
+            "model": _cut(_plain(record.model), 200),
+            "outcome": _cut(_plain(record.outcome), 16),
+            "error_code": _cut(_plain(record.error_code), 64),
+            "error_message": _cut(_plain(record.error_message), None),
+            "row_count": _plain(record.row_count),
+            "duration_ms": _plain(record.duration_ms),
+            "bypass_used": bool(_plain(record.bypass_used)),
+            "request_id": _cut(_plain(record.request_id), 200),
+            "principal_json": _json_text({"tenant_id": tenant_id, "user_id": user_id, "roles": record.roles}),
+            "inputs_json": _json_text(record.inputs),
+            "scopes_injected_json": _json_text(record.scopes_injected),
+            "policies_applied_json": _json_text(record.policies_applied),
+            "before_json": _json_text(record.before),
+            "after_json": _json_text(record.after),
         }
 
     def _record(self, row: Any) -> AuditRecord:
@@ -1244,7 +1285,7 @@ class SqlAuditStore:
 
     async def _store_many(self, records: list[AuditRecord]) -> None:
         rows = [self._row(r) for r in records]
-        await self._run(lambda conn: conn.execute(insert(self.table), rows), begin=True)
+        await self._run(lambda conn: conn.execute(self._insert_row, rows), begin=True)
 
     async def write(self, record: AuditRecord) -> None:
         """Store one record (and any batched ones) in one transaction now; raises on failure."""
@@ -1263,8 +1304,8 @@ class SqlAuditStore:
             row = self._row(record)
         except (ValueError, TypeError, RecursionError, AttributeError):
             row = self._row(storable_record(record))
-        # One INSERT for the table, its values as parameters: building `.values(row)` per record
-        # cost more than sending it.
+        # The store's one INSERT, the record's values as parameters: building `.values(row)` per
+        # record cost more than sending it.
         await DbHandle(db).execute(self._insert_row, row, action="store the audit record")
 
     async def flush(self) -> None:

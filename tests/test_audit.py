@@ -363,6 +363,35 @@ async def test_write_in_callers_transaction(empty_backend: Backend) -> None:
 
 
 
+@pytest.mark.parametrize("empty_backend", BACKENDS, indirect=True)
+async def test_sql_json_columns_hold_the_records_json_and_sql_null(empty_backend: Backend) -> None:
+    # The store serialises the JSON columns itself, once: the table holds the record's JSON, and
+    # SQL NULL (not JSON null) where there is no snapshot, in a caller's transaction and a batch.
+    store = SqlAuditStore(empty_backend.async_engine, batch_size=1)
+    await store.create_table()
+    record = AuditRecord(
+        tool_name="update",
+        model="Order",
+        tenant_id="acme",
+        roles=["agent"],
+        inputs={"when": datetime(2024, 1, 2, tzinfo=timezone.utc), "text": "é✓\u2028", "n": None},
+        after={"total": "9.99", "tags": ["a", None]},
+    )
+    async with empty_backend.async_session() as session:
+        await store.write_in(session, record)
+        await session.commit()
+    await store.write(AuditRecord(tool_name="get", model="Order", tenant_id="acme", inputs={"id": 1}))
+    t = store.table
+    snapshots = (t.c.before, t.c.after, t.c.before.is_(None), t.c.after.is_(None))
+    columns = (t.c.principal, t.c.inputs, t.c.scopes_injected, *snapshots)
+    async with empty_backend.async_engine.connect() as conn:
+        written, batched = (await conn.execute(select(*columns).order_by(t.c.seq))).all()
+    principal = {"tenant_id": "acme", "user_id": None, "roles": ["agent"]}
+    assert written[:5] == (principal, record.to_dict()["inputs"], [], None, record.after)
+    assert written[5:] == (True, False)
+    assert batched[1] == {"id": 1} and batched[5:] == (True, True)
+
+
 async def test_sqlite_same_file_writes_audit_in_the_callers_transaction(empty_backend: Backend) -> None:
     """On SQLite a second connection can't write while the caller holds the write lock: a write's
     record must go through the caller's transaction (`in_caller_transaction=True`)."""
