@@ -134,6 +134,13 @@ async def _submit(call: Call, wplan: WritePlan, where: Where, change: Change, ar
 
 async def execute_approved(call: Call, approval_id: Any) -> WriteResult:
     """Run the write an approval names, exactly as it was submitted, under the current policy."""
+    if call.owns_transaction() and call.db.in_transaction():
+        # The approval store has connections of its own. The call's transaction (begun here by
+        # the row-level security settings) ends before it is reached, so the call never holds a
+        # connection while it waits for another: a small pool, or a pooler's few server
+        # connections, taken by calls each waiting for one more would never free up. The write
+        # begins a new transaction, with the settings set again.
+        await call.db.rollback()
     approval = await call.runtime.approvals.load(approval_id, call.ctx.principal)
     call.tool = approval.tool
     call.model = approval.model
@@ -531,8 +538,8 @@ async def _in_transaction(call: Call, body: Callable[[], Awaitable[WriteResult]]
     async def attempt(again: bool) -> WriteResult:
         call.before = call.after = None
         try:
-            if again and call.runtime.rls_paths is not None:
-                await call.set_rls()  # the rollback discarded them
+            if call.runtime.rls_paths is not None and (again or not db.in_transaction()):
+                await call.set_rls()  # a rollback discarded them
             done = await body()
             await call.audit_now()
         except BaseException:

@@ -182,6 +182,17 @@ class Worker:
         tenant = self.config["tenant"]
         await self.call(tenant, "execute_approved", f"{self.name}-execute", approval_id=self.config["approval_id"])
 
+    async def execute_many(self) -> None:
+        """`execute_approved` for each of `approval_ids`, `tasks` at a time (request id NAME-APPROVAL)."""
+        tenant, ids = self.config["tenant"], list(self.config["approval_ids"])
+        tasks = self.config.get("tasks", 4)
+
+        async def task(t: int) -> None:
+            for approval_id in ids[t::tasks]:
+                await self.call(tenant, "execute_approved", f"{self.name}-{approval_id}", approval_id=approval_id)
+
+        await asyncio.gather(*(task(t) for t in range(tasks)))
+
     async def run(self) -> None:
         if self.config.get("log"):
             def dump() -> None:

@@ -230,15 +230,18 @@ async def test_every_store_by_default_lets_writes_run_on_a_pool_of_one(wb: Backe
 
 
 @pytest.mark.parametrize("empty_backend", ["postgres"], indirect=True)
-async def test_approvals_and_audit_on_the_applications_engine_run_on_a_pool_of_one(wb: Backend) -> None:
+@pytest.mark.parametrize("rls", [False, True])
+async def test_approvals_and_audit_on_the_applications_engine_run_on_a_pool_of_one(wb: Backend, rls: bool) -> None:
     """Calls in sessions of their own (as the adapters make them): a delete submitted for approval,
     approved, then executed by two callers at once, with the approval and audit stores on the
-    application's engine of one connection."""
+    application's engine of one connection. With `rls=True` the settings begin the call's
+    transaction: it is ended before the approval store is reached, and begun again for the write."""
     _, engine = small_pool(wb, size=1, timeout=5)
     store = SqlAuditStore(engine)
     await store.create_table()
     approvals = SqlApprovalStore(engine)
-    tools = toolset(write_policy(order_ops={"delete": WriteAction.RequireApproval}), audit_store=store, approval_store=approvals)
+    policy = write_policy(order_ops={"delete": WriteAction.RequireApproval})
+    tools = toolset(policy, audit_store=store, approval_store=approvals, rls=rls)
     targets = ids(wb, shop.Order, shop.Order.tenant_id == "acme")[:4]
 
     async def fresh(tool: str, **kwargs: Any) -> Any:

@@ -362,3 +362,61 @@ def test_killed_server_connections_retry_reads_and_never_duplicate_writes(pooler
     (after,) = run(pooler, [{"mode": "mixed", "name": "fa", "tasks": 2, "calls": 5}])
     assert Counter(c["outcome"] for c in calls(after)) == {"success": 10}
     assert len(audit_records(owner, "fa-")) == 10
+
+
+def test_sigkill_while_two_processes_execute_the_same_approvals(pooler: Pooler, owner: Engine) -> None:
+    """Two processes execute the same 40 approved deletes, in opposite orders; one is killed
+    (SIGKILL) in the middle. No approval runs twice, none runs half, and the approvals table, the
+    audit trail and the orders agree."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from ormai_agents import ApprovalRequiredError, RunContext, Toolset
+    from tests.scaleout_worker import SECRET
+
+    with owner.begin() as conn:
+        targets = list(conn.execute(insert(ORDERS).returning(ORDERS.c.id), [
+            {"tenant_id": "acme", "owner_id": "u1", "status": f"apr-{k}", "total": 1, "quantity": 1} for k in range(40)
+        ]).scalars())  # fmt: skip
+    engine = make_engine(pooler.url("asyncpg").render_as_string(hide_password=False), "asyncpg", pooled=True, pool_size=4)
+    approvals = SqlApprovalStore(engine, create_table=False)
+    tools = Toolset(shop.Base, scaleout_policy(), secret_key=SECRET, rls=True, approval_store=approvals)
+
+    async def submit_all() -> list[str]:
+        ids = []
+        for target in targets:
+            async with AsyncSession(engine) as session:
+                with pytest.raises(ApprovalRequiredError) as asked:
+                    await tools.delete(RunContext(PRINCIPALS["acme"], session), model="Order", id=target)
+            ids.append(str(asked.value.approval_id))
+            await approvals.approve(ids[-1], decided_by="alice")
+        await engine.dispose()
+        return ids
+
+    approval_ids = asyncio.run(submit_all())
+    killed = start(pooler, mode="execute_many", name="aprk", tenant="acme", approval_ids=approval_ids, tasks=4)
+    survivor = start(pooler, mode="execute_many", name="aprs", tenant="acme", approval_ids=approval_ids[::-1], tasks=4)
+    killed.wait_for(5)
+    killed.signal(signal.SIGKILL)
+    reported = calls(killed.finish()) + calls(survivor.finish())
+
+    gone = set(targets) - set(tenant_of(owner))
+    table = SqlApprovalStore(owner, create_table=False).table
+    with owner.connect() as conn:
+        status = dict(conn.execute(select(table.c.id, table.c.status).where(table.c.id.in_(approval_ids))).all())
+    target_of = dict(zip(approval_ids, targets, strict=True))
+    records = [r for r in audit_records(owner, "apr") if r["tool_name"] == "delete" and r["outcome"] == "success"]
+    done = Counter(r["inputs"]["approval_id"] for r in records)
+    # Each approval ran at most once (its change and its record commit together), whichever process.
+    assert max(done.values()) == 1
+    assert {target_of[a] for a in done} == gone
+    assert Counter(c["call"].split("-", 1)[1] for c in reported if c["outcome"] == "success") <= done
+    for approval_id, target in target_of.items():
+        # executed: run and recorded; executing: claimed by the killed process, run or not, never again
+        assert status[approval_id] in ("executed", "executing"), status[approval_id]
+        if status[approval_id] == "executed":
+            assert target in gone
+    # The survivor ran everything the killed process had not claimed.
+    assert sum(1 for s in status.values() if s == "executing") <= 4  # at most one per task of the killed process
+    assert len(gone) >= len(targets) - 4
