@@ -78,7 +78,59 @@ def clean(value: Any, secret: Callable[[str], bool] | None = None, budget: int =
         return []
     elif kind is list and len(value) <= MAX_ITEMS and all(_plain_text(v) for v in value):
         return list(value)
+    elif kind is dict and budget == MAX_BUDGET:
+        flat = _flat_dict(value, secret)
+        if flat is not None:
+            return flat
     return _clean(value, secret, 0, [budget])
+
+
+# A flat row (what before/after snapshots are) whose text stays this far inside the budget is
+# kept exactly as the walk would keep it: no value is cut and every text gets MAX_TEXT.
+_FLAT_LIMIT = MAX_BUDGET - MAX_TEXT
+
+
+def _flat_dict(value: dict[Any, Any], secret: Callable[[str], bool] | None) -> dict[str, Any] | None:
+    """What `_clean` gives for a dict of short ASCII keys and plain scalars, in one loop; None
+    for anything else (the walk then decides)."""
+    if len(value) > MAX_ITEMS:
+        return None
+    out: dict[str, Any] = {}
+    used = 0
+    for key, item in value.items():
+        if type(key) is not str or not _plain_key(key):
+            return None
+        used += len(key) + 1
+        if secret is not None and secret(key):
+            out[key] = REDACTED
+            continue
+        kept = _flat_value(item)
+        if kept is _NOT_FLAT:
+            return None
+        used += len(kept) if type(kept) is str else 1
+        if used > _FLAT_LIMIT:
+            return None
+        out[key] = kept
+    return out
+
+
+_NOT_FLAT = object()
+
+
+def _flat_value(item: Any) -> Any:
+    kind = type(item)
+    if kind is str or kind is Decimal or kind is datetime or kind is date:
+        text = item if kind is str else (str(item) if kind is Decimal else item.isoformat())
+        return text if _plain_text(text) else _NOT_FLAT
+    if kind is int:
+        return item if -_SMALL_INT <= item <= _SMALL_INT else _NOT_FLAT
+    if kind is float:
+        return item if math.isfinite(item) else _NOT_FLAT
+    return item if item is None or kind is bool else _NOT_FLAT
+
+
+def _plain_key(key: str) -> bool:
+    return len(key) <= MAX_KEY and key.isascii() and "\x00" not in key
 
 
 def _clean(value: Any, secret: Callable[[str], bool] | None, depth: int, budget: list[int]) -> Any:

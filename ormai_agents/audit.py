@@ -1039,7 +1039,11 @@ def _json_text(value: Any) -> str | None:
     pass; None stays SQL NULL."""
     if value is None:
         return None
-    return json.dumps(value, default=_json_default, allow_nan=False)
+    return _ENCODER.encode(value)
+
+
+# `json.dumps` with these options builds an encoder per call; one shared encoder gives the same text.
+_ENCODER = json.JSONEncoder(default=_json_default, allow_nan=False)
 
 
 def audit_table(metadata: MetaData, name: str = "ormai_audit_log", schema: str | None = None) -> Table:
