@@ -43,11 +43,12 @@ TIMEOUT_MESSAGE = (
 class _Watch:
     """One running statement under a deadline."""
 
-    __slots__ = ("active", "deadline", "fired", "interrupt")
+    __slots__ = ("active", "deadline", "fired", "interrupt", "repeat")
 
-    def __init__(self, deadline: float, interrupt: Callable[[_Watch], None]) -> None:
+    def __init__(self, deadline: float, interrupt: Callable[[_Watch], None], repeat: bool) -> None:
         self.deadline = deadline
         self.interrupt = interrupt
+        self.repeat = repeat
         self.fired = False
         self.active = True
 
@@ -65,8 +66,8 @@ class _Watchdog:
         self._until = math.inf
         self._thread: threading.Thread | None = None
 
-    def watch(self, deadline: float, interrupt: Callable[[_Watch], None]) -> _Watch:
-        entry = _Watch(deadline, interrupt)
+    def watch(self, deadline: float, interrupt: Callable[[_Watch], None], repeat: bool) -> _Watch:
+        entry = _Watch(deadline, interrupt, repeat)
         with self._cond:
             self._watches.add(entry)
             if self._thread is None:
@@ -88,7 +89,12 @@ class _Watchdog:
             while True:
                 now = time.monotonic()
                 for entry in [e for e in self._watches if e.deadline <= now]:
-                    self._watches.discard(entry)
+                    # A cancel that reaches the server before the statement does is ignored there:
+                    # a server-side interrupt is sent again until the statement returns.
+                    if entry.repeat:
+                        entry.deadline = now + _REPEAT_SECONDS
+                    else:
+                        self._watches.discard(entry)
                     entry.fired = True
                     try:
                         entry.interrupt(entry)
@@ -98,6 +104,7 @@ class _Watchdog:
                 self._cond.wait(None if self._until == math.inf else max(self._until - now, 0.001))
 
 
+_REPEAT_SECONDS = 0.25
 _WATCHDOG = _Watchdog()
 
 
@@ -202,7 +209,8 @@ class Interruptible:
         make = INTERRUPTERS.get(self._conn.dialect.driver)
         interrupt = make(self._conn.connection.driver_connection) if make is not None else None
         if interrupt is not None:
-            self._entry = _WATCHDOG.watch(self._deadline, interrupt)
+            # Cancelling the task twice would cancel what runs after the statement: once only.
+            self._entry = _WATCHDOG.watch(self._deadline, interrupt, repeat=make is not _cancel_task)
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
         entry = self._entry

@@ -306,6 +306,45 @@ async def test_a_budget_spent_before_a_statement_stops_the_call(shop_db: Any, mo
     assert (await toolset.query(RunContext(ACME, shop_db), model="Order", limit=1)).rows
 
 
+@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres", "mysql"], indirect=True)
+async def test_an_interrupt_the_server_ignored_is_sent_again(empty_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cancel that reaches the server before the statement does is ignored there (seen under
+    # load on PostgreSQL): here every statement's first interrupt is dropped, as the server would.
+    from ormai_agents import _budget
+
+    backend = empty_backend
+    with backend.sync_engine.begin() as conn:
+        conn.execute(text(SLOW_VIEWS[backend.name]))
+    driver = backend.sync_engine.dialect.driver
+    real = _budget.INTERRUPTERS[driver]
+    sent: list[int] = []
+
+    def first_one_lost(raw: Any) -> Any:
+        interrupt = real(raw)
+        assert interrupt is not None
+
+        def maybe(entry: Any) -> None:
+            sent.append(1)
+            if len(sent) > 1:
+                interrupt(entry)
+
+        return maybe
+
+    monkeypatch.setitem(_budget.INTERRUPTERS, driver, first_one_lost)
+    policy = Policy(
+        models={"Slow": ModelPolicy(fields={"id": "allow", "tenant_id": "allow"}, scoping={"tenant_id": "principal.tenant_id"})},
+        call_timeout_seconds=0.3,
+    )
+    store = MemoryAuditStore()
+    toolset = Toolset(SlowBase, policy, store)
+    with backend.session() as db:
+        started = time.monotonic()
+        with pytest.raises(CallTimeoutError):
+            await toolset.query(RunContext(ACME, db), model="Slow")
+        assert time.monotonic() - started < 30 and len(sent) >= 2
+    assert [r.error_code for r in store.records] == ["timeout"]
+
+
 # The server's own per-statement limit, which the budget never sets.
 STATEMENT_LIMIT = {"postgres": "SHOW statement_timeout", "mysql": "SELECT @@SESSION.max_statement_time"}
 
