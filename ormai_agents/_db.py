@@ -138,17 +138,11 @@ class DbHandle:
         action: str = "write",
     ) -> CursorResult[Any]:
         """Run one Core statement under the call's deadline; database errors become OrmAIErrors."""
-        kind = self._kind
         with map_db_errors(action):
-            if kind in (_ASYNC_SESSION, _ASYNC_CONNECTION):
-                aconn = await self.raw.connection() if kind == _ASYNC_SESSION else self.raw
-                if probe_statement(aconn.dialect) is not None:
-                    await _probe(aconn)
-                with Interruptible(aconn.sync_connection, deadline):
-                    return await aconn.execute(stmt, params)  # type: ignore[no-any-return]
-            conn = self.raw.connection() if kind == _SESSION else self.raw
-            if probe_statement(conn.dialect) is not None:
-                await _probe(conn)
+            conn, is_async = await self._probed_connection()
+            if is_async:
+                with Interruptible(conn.sync_connection, deadline):
+                    return await conn.execute(stmt, params)  # type: ignore[no-any-return]
             with Interruptible(conn, deadline):
                 return conn.execute(stmt, params)  # type: ignore[no-any-return]
 
@@ -163,19 +157,27 @@ class DbHandle:
         """Every row of one statement (with `params` for its named bind parameters), read inside
         the deadline (a sync driver reads rows as they are fetched, so fetching is part of the
         statement's time)."""
-        kind = self._kind
         with map_db_errors(action):
-            if kind in (_ASYNC_SESSION, _ASYNC_CONNECTION):
-                aconn = await self.raw.connection() if kind == _ASYNC_SESSION else self.raw
-                if probe_statement(aconn.dialect) is not None:
-                    await _probe(aconn)
-                with Interruptible(aconn.sync_connection, deadline):
-                    return list((await aconn.execute(stmt, params)).all())
-            conn = self.raw.connection() if kind == _SESSION else self.raw
-            if probe_statement(conn.dialect) is not None:
-                await _probe(conn)
+            conn, is_async = await self._probed_connection()
+            if is_async:
+                with Interruptible(conn.sync_connection, deadline):
+                    return list((await conn.execute(stmt, params)).all())
             with Interruptible(conn, deadline):
                 return list(conn.execute(stmt, params).all())
+
+    async def _probed_connection(self) -> tuple[Any, bool]:
+        """The handle's connection (async or not), with the dialect's probe run on it where it
+        has one; inside the caller's error mapping, as a probe is a statement too."""
+        kind = self._kind
+        if kind in (_ASYNC_SESSION, _ASYNC_CONNECTION):
+            aconn = await self.raw.connection() if kind == _ASYNC_SESSION else self.raw
+            if probe_statement(aconn.dialect) is not None:
+                await _probe(aconn)
+            return aconn, True
+        conn = self.raw.connection() if kind == _SESSION else self.raw
+        if probe_statement(conn.dialect) is not None:
+            await _probe(conn)
+        return conn, False
 
     async def commit(self) -> None:
         await _maybe_await(self.raw.commit())
