@@ -289,9 +289,12 @@ class _SameBytesIn(FunctionElement[bool]):
 @compiles(_SameBytesIn)
 def _compile_same_bytes_in(element: _SameBytesIn, compiler: Any, **kw: Any) -> str:
     col, *values = element.clauses.clauses
-    if _compares_exactly(compiler.dialect, col):
-        return str(compiler.process(true(), **kw))
-    return str(compiler.process(_Bytes(col).in_([_Bytes(v) for v in values]), **kw))
+    exact = true() if _compares_exactly(compiler.dialect, col) else _bytes_in(col, values)
+    return str(compiler.process(exact, **kw))
+
+
+def _bytes_in(col: Any, values: list[Any]) -> ColumnElement[bool]:
+    return _Bytes(col).in_([_Bytes(v) for v in values])
 
 
 class _BytesIn(FunctionElement[bool]):
@@ -305,9 +308,8 @@ class _BytesIn(FunctionElement[bool]):
 @compiles(_BytesIn)
 def _compile_bytes_in(element: _BytesIn, compiler: Any, **kw: Any) -> str:
     col, *values = element.clauses.clauses
-    if _compares_exactly(compiler.dialect, col):
-        return str(compiler.process(col.in_(values), **kw))
-    return str(compiler.process(_Bytes(col).in_([_Bytes(v) for v in values]), **kw))
+    exact = col.in_(values) if _compares_exactly(compiler.dialect, col) else _bytes_in(col, values)
+    return str(compiler.process(exact, **kw))
 
 
 def exact_compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
