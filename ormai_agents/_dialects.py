@@ -13,7 +13,9 @@ row-policy comparisons must not fold, so they compare the bytes of the text as w
     tenant_id = :v AND <bytes of tenant_id> = <bytes of :v>
 
 The first conjunct is what the scope column's index serves (under any collation, identical
-strings are equal, so it never loses a row); the second keeps only the exact matches.
+strings are equal, so it never loses a row); the second keeps only the exact matches. Where the
+catalog says a column needs no second conjunct, or a cheaper one, it is written so (see
+`probe_statement`).
 
 How a running statement is interrupted when a call's time budget is spent depends on the driver,
 not the dialect: see `ormai_agents._budget.INTERRUPTERS`.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, column, false, not_, or_, select, table, true
+from sqlalchemy import ColumnElement, Table, and_, bindparam, column, false, func, not_, or_, select, table, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError
@@ -66,6 +68,9 @@ class Capabilities:
     savepoints: bool
     row_level_security: bool  # CREATE POLICY: `Toolset(rls=True)` and `ormai_agents.rls`
     exact_text: str | None  # how the bytes of a text expression are written; `{}` is the expression
+    # A binary NO PAD collation of utf8mb4: for a utf8mb4 column, `col COLLATE it = v` is exact
+    # (code points, trailing spaces count) without converting each row's value to bytes.
+    exact_collation: str | None = None
 
 
 _SQLITE = Capabilities(
@@ -109,6 +114,8 @@ def _mysql(mariadb: bool, version: tuple[int, ...]) -> Capabilities:
         savepoints=True,
         row_level_security=False,
         exact_text=_MYSQL_BYTES,
+        # MariaDB has NO PAD collations since 10.2 (MySQL's utf8mb4_0900_bin is not tested here).
+        exact_collation="utf8mb4_nopad_bin" if mariadb and version >= (10, 2) else None,
     )
 
 
@@ -202,27 +209,40 @@ def exact_order(column: Any) -> Any:
 
 # Where a column's own comparison is already exact (PostgreSQL text under a deterministic
 # collation: equal means byte-equal), the byte comparison above only costs time, once per row the
-# scope matches. Which columns of a database may fold is read from its catalog (`probe_statement`,
+# scope matches; where the column is utf8mb4 on MariaDB, a binary NO PAD collation gives the same
+# answer for less. What the columns of a database are is read from its catalog (`probe_statement`,
 # `remember_probe`) before the engine runs any statement of the toolset, and read again at most
 # `PROBE_SECONDS` later on the engine's next call, so a collation changed while the application
 # runs takes effect within that time (the engine's compiled statements are then dropped). A column
-# the catalog lists, and every column of an engine not probed, keeps the byte comparison.
+# the catalog doesn't vouch for, and every column of an engine not probed, keeps the byte comparison.
 PROBE_SECONDS = 60.0
-_FOLDING: weakref.WeakKeyDictionary[Dialect, frozenset[tuple[str, str]] | None] = weakref.WeakKeyDictionary()
+# Per dialect, the (table, column) pairs the probe listed: on PostgreSQL the text columns that may
+# fold, on MariaDB the utf8mb4 columns of the connection's database. None: not known.
+_LISTED: weakref.WeakKeyDictionary[Dialect, frozenset[tuple[str, str]] | None] = weakref.WeakKeyDictionary()
 _PROBED_AT: weakref.WeakKeyDictionary[Dialect, float] = weakref.WeakKeyDictionary()
 _EXACT_TYPES = ("text", "varchar", "bpchar", "name")
 
 
 def probe_statement(dialect: Dialect) -> Any | None:
-    """A statement listing (table, column) of every text column whose equality may fold on this
-    database, when it must run before the engine's next statement; None when it need not."""
+    """A statement listing (table, column) pairs of the database's text columns (see `_LISTED`),
+    when it must run before the engine's next statement; None when it need not."""
     probed = _PROBED_AT.get(dialect)
     if probed is not None and (probed == math.inf or time.monotonic() - probed < PROBE_SECONDS):
         return None
-    if dialect.name != "postgresql":
-        _FOLDING[dialect] = None  # nothing to learn: the byte comparison stays
-        _PROBED_AT[dialect] = math.inf
-        return None
+    if dialect.name == "postgresql":
+        return _postgresql_probe(dialect)
+    if capabilities(dialect).exact_collation is not None:
+        columns = table("COLUMNS", column("TABLE_SCHEMA"), column("TABLE_NAME"), column("COLUMN_NAME"),
+                        column("CHARACTER_SET_NAME"), schema="information_schema")
+        return select(columns.c.TABLE_NAME, columns.c.COLUMN_NAME).where(
+            columns.c.TABLE_SCHEMA == func.database(), columns.c.CHARACTER_SET_NAME == "utf8mb4"
+        )  # fmt: skip
+    _LISTED[dialect] = None  # nothing to learn: the byte comparison stays
+    _PROBED_AT[dialect] = math.inf
+    return None
+
+
+def _postgresql_probe(dialect: Dialect) -> Any:
     attribute = table("pg_attribute", column("attrelid"), column("attname"), column("attnum"),
                       column("attisdropped"), column("atttypid"), column("attcollation"), schema="pg_catalog")
     relation = table("pg_class", column("oid"), column("relname"), schema="pg_catalog")
@@ -248,18 +268,33 @@ def remember_probe(dialect: Dialect, rows: Sequence[Any] | None) -> bool:
     True when the answer differs from the one before: statements compiled under the old answer
     must then be compiled again (`Engine.clear_compiled_cache`)."""
     found = None if rows is None else frozenset((str(r[0]), str(r[1])) for r in rows)
-    changed = dialect in _FOLDING and _FOLDING[dialect] != found
-    _FOLDING[dialect] = found
+    changed = dialect in _LISTED and _LISTED[dialect] != found
+    _LISTED[dialect] = found
     _PROBED_AT[dialect] = time.monotonic()
     return changed
 
 
-def _compares_exactly(dialect: Dialect, expr: Any) -> bool:
-    folding = _FOLDING.get(dialect)
+def _exact_form(dialect: Dialect, expr: Any) -> str | None:
+    """How `expr` (a column) compares exactly on this database: "native" (its own `=` is exact),
+    a collation name (`expr COLLATE it` is), or None (compare the bytes)."""
+    listed = _LISTED.get(dialect)
     owner = getattr(expr, "table", None)
-    if folding is None or owner is None or not isinstance(getattr(owner, "name", None), str):
-        return False
-    return (owner.name, expr.name) not in folding
+    if listed is None or owner is None or not isinstance(getattr(owner, "name", None), str):
+        return None
+    collation = capabilities(dialect).exact_collation
+    if collation is not None:
+        # Only a real table of the connection's database: an alias's name is no table's.
+        known = isinstance(owner, Table) and owner.schema is None and (owner.name, expr.name) in listed
+        return collation if known else None
+    return None if (owner.name, expr.name) in listed else "native"
+
+
+def _exact_in(dialect: Dialect, col: Any, values: list[Any]) -> ColumnElement[bool] | None:
+    """`col IN (values)` compared exactly by the column's own means; None when only bytes do."""
+    form = _exact_form(dialect, col)
+    if form is None:
+        return None
+    return col.in_(values) if form == "native" else col.collate(form).in_(values)  # type: ignore[no-any-return]
 
 
 class _SameBytes(FunctionElement[bool]):
@@ -273,9 +308,14 @@ class _SameBytes(FunctionElement[bool]):
 @compiles(_SameBytes)
 def _compile_same_bytes(element: _SameBytes, compiler: Any, **kw: Any) -> str:
     col, value = element.clauses.clauses
-    if _compares_exactly(compiler.dialect, col):
-        return str(compiler.process(true(), **kw))
-    return str(compiler.process(_Bytes(col) == _Bytes(value), **kw))
+    form = _exact_form(compiler.dialect, col)
+    if form == "native":
+        exact: Any = true()
+    elif form is not None:
+        exact = col.collate(form) == value
+    else:
+        exact = _Bytes(col) == _Bytes(value)
+    return str(compiler.process(exact, **kw))
 
 
 class _SameBytesIn(FunctionElement[bool]):
@@ -289,8 +329,9 @@ class _SameBytesIn(FunctionElement[bool]):
 @compiles(_SameBytesIn)
 def _compile_same_bytes_in(element: _SameBytesIn, compiler: Any, **kw: Any) -> str:
     col, *values = element.clauses.clauses
-    exact = true() if _compares_exactly(compiler.dialect, col) else _bytes_in(col, values)
-    return str(compiler.process(exact, **kw))
+    form = _exact_form(compiler.dialect, col)
+    exact = true() if form == "native" else _exact_in(compiler.dialect, col, values)
+    return str(compiler.process(_bytes_in(col, values) if exact is None else exact, **kw))
 
 
 def _bytes_in(col: Any, values: list[Any]) -> ColumnElement[bool]:
@@ -308,8 +349,8 @@ class _BytesIn(FunctionElement[bool]):
 @compiles(_BytesIn)
 def _compile_bytes_in(element: _BytesIn, compiler: Any, **kw: Any) -> str:
     col, *values = element.clauses.clauses
-    exact = col.in_(values) if _compares_exactly(compiler.dialect, col) else _bytes_in(col, values)
-    return str(compiler.process(exact, **kw))
+    exact = _exact_in(compiler.dialect, col, values)
+    return str(compiler.process(_bytes_in(col, values) if exact is None else exact, **kw))
 
 
 def exact_compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
