@@ -183,10 +183,11 @@ async def test_how_scoping_works(guide_backend: Backend, db: Any) -> None:
     assert ids(result.rows) == order_ids(lambda o: o["tenant_id"] == "acme-corp" and o["status"] == "pending")
     assert result.rows and {r["tenant_id"] for r in result.rows} == {"acme-corp"}
     [(sql, params)] = statements
-    # WHERE tenant_id = 'acme-corp' (and its exact, byte-wise twin where the column's collation
-    # may fold; `true` where `=` is exact already, as under PostgreSQL's deterministic collations)
-    # AND status = 'pending', with both values bound.
-    assert re.search(r"orders\.tenant_id = \S+ AND (\S+\(orders\.tenant_id\b.*|true) AND orders\.status = ", sql)
+    # WHERE tenant_id = 'acme-corp' (and its exact twin where the column's collation may fold:
+    # byte-wise, or under MariaDB's utf8mb4_nopad_bin; `true` where `=` is exact already, as under
+    # PostgreSQL's deterministic collations) AND status = 'pending', with both values bound.
+    twin = r"(\S+\(orders\.tenant_id\b.*|\(orders\.tenant_id COLLATE utf8mb4_nopad_bin\) = .*|true)"
+    assert re.search(rf"orders\.tenant_id = \S+ AND {twin} AND orders\.status = ", sql)
     assert {"acme-corp", "pending"} <= set(params) and "acme-corp" not in sql and "pending" not in sql
     assert store.records[-1].scopes_injected == ["tenant_id = 'acme-corp'"]
     # "Users cannot override or bypass the tenant scope."
