@@ -162,14 +162,20 @@ async def aggregate(call: Call, function: Any, field: Any, filters: Any, group_b
         if not groups:
             return sql_select(expr).select_from(plan.selectable).where(*where.clauses, *conditions)
         group_cols = [g.column for g in groups]
-        return (
-            sql_select(*(g.column.label(g.name) for g in groups), expr.label("value"))
+        # Grouped in a derived table, ordered and bounded outside it: with the LIMIT beside its
+        # GROUP BY, MariaDB 10.11 reads a tenant holding a third of the table through the scope
+        # index (a range scan) instead of scanning the table, 1.4x slower than without the
+        # LIMIT; SQLite and PostgreSQL run both forms alike. The labels are ours, not the
+        # fields' names, so none can clash in the derived table.
+        grouped = (
+            sql_select(*(c.label(f"ormai_g{i}") for i, c in enumerate(group_cols)), expr.label("ormai_value"))
             .select_from(plan.selectable)
             .where(*where.clauses, *conditions)
             .group_by(*group_cols)
-            .order_by(*group_cols)
-            .limit(plan.max_rows + 1)
+            .subquery("ormai_groups")
         )
+        columns = list(grouped.c)
+        return sql_select(*columns).order_by(*columns[:-1]).limit(plan.max_rows + 1)
 
     stmt = runtime.statement(("aggregate", plan.name, principal, function, field, fsig, group_names), build)
     rows = await fetch(call, stmt, params)

@@ -6,13 +6,17 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Column, Integer, String, insert, select
+from sqlalchemy.orm import DeclarativeBase
 
 from ormai_agents import (
     AccessDeniedError,
+    FieldAction,
     FieldNotAllowedError,
     InvalidCursorError,
     ModelNotAllowedError,
+    ModelPolicy,
+    Policy,
     Principal,
     RecordNotFoundError,
     RunContext,
@@ -22,7 +26,6 @@ from ormai_agents import (
 from ormai_agents.audit import MemoryAuditStore
 from tests import shop
 from tests.conftest import ACME, GLOBEX
-
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +247,50 @@ async def test_grouped_aggregate_says_when_groups_were_cut(shop_db: Any) -> None
                                     filters=[{"field": "customer_id", "op": "in", "value": [1, 2]}])  # fmt: skip
     assert whole.groups is not None and len(whole.groups) <= 2 and not whole.truncated
     assert "truncated" not in whole.to_dict()
+
+
+
+class _Meters(DeclarativeBase):
+    pass
+
+
+class Reading(_Meters):
+    # Fields named like the grouped statement's own labels (its derived table must not clash).
+    __tablename__ = "readings"
+    id = Column(Integer, primary_key=True)
+    tenant_id = Column(String(40), nullable=False)
+    ormai_g0 = Column(String(20))
+    ormai_g1 = Column(Integer)
+    ormai_value = Column(Integer)
+
+
+READINGS = [
+    {"id": i, "tenant_id": t, "ormai_g0": g, "ormai_g1": k, "ormai_value": n}
+    for i, (t, g, k, n) in enumerate(
+        [("acme", "b", 1, 1), ("acme", "a", 2, 2), ("acme", "b", 1, 3), ("acme", "a", 1, 4), ("globex", "a", 2, 100)], 1
+    )
+]
+
+
+@pytest.mark.parametrize("empty_backend", ["sqlite", "postgres", "mysql"], indirect=True)
+async def test_grouped_aggregates_over_fields_named_like_their_labels(empty_backend: Any) -> None:
+    with empty_backend.sync_engine.begin() as conn:
+        _Meters.metadata.create_all(conn)
+        conn.execute(insert(Reading), READINGS)
+    fields = dict.fromkeys(("id", "tenant_id", "ormai_g0", "ormai_g1", "ormai_value"), FieldAction.Allow)
+    policy = Policy(models={"Reading": ModelPolicy(fields=fields, scoping={"tenant_id": "principal.tenant_id"})})
+    toolset = Toolset(_Meters, policy)
+    with empty_backend.session() as db:
+        ctx = RunContext(ACME, db)
+        one = await toolset.aggregate(ctx, model="Reading", function="sum", field="ormai_value", group_by=["ormai_g0"])
+        two = await toolset.aggregate(ctx, model="Reading", function="max", field="ormai_value",
+                                      group_by=["ormai_g1", "ormai_g0"])  # fmt: skip
+        three = await toolset.aggregate(ctx, model="Reading", group_by=["ormai_value"])
+    # acme's rows only, one group per value, ordered by the grouped fields.
+    assert one.groups == [{"ormai_g0": "a", "value": 6}, {"ormai_g0": "b", "value": 4}] and not one.truncated
+    assert two.groups == [
+        {"ormai_g1": 1, "ormai_g0": "a", "value": 4},
+        {"ormai_g1": 1, "ormai_g0": "b", "value": 3},
+        {"ormai_g1": 2, "ormai_g0": "a", "value": 2},
+    ]
+    assert three.groups == [{"ormai_value": n, "value": 1} for n in (1, 2, 3, 4)]
