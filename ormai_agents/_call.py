@@ -54,11 +54,13 @@ class Call:
 
     __slots__ = (
         "after",
+        "audit_folded",
         "before",
         "ctx",
         "db",
         "deadline",
         "inputs",
+        "may_fold",
         "model",
         "opened",
         "plan",
@@ -86,6 +88,10 @@ class Call:
         self.after: dict[str, Any] | None = None
         self.opened: bool | None = None  # with rls: whether setting it began the transaction
         self.recorded = False
+        # A write in its own transaction may store its record in its own statement (see
+        # `ormai_agents._writes`); `audit_folded` says that statement did.
+        self.may_fold = False
+        self.audit_folded = False
         self.deadline: float | None = None
         self.started = 0.0
 
@@ -113,7 +119,9 @@ class Call:
         """Store the success record now, inside a write's transaction: when it can't be stored
         the error propagates and the write is rolled back (writes fail closed)."""
         store = self.runtime.audit_store
-        if store is not None or self.ctx.on_audit is not None:
+        if self.audit_folded:
+            pass  # the write's own statement stored it
+        elif store is not None or self.ctx.on_audit is not None:
             try:
                 await self._audit(store, None, strict=True)
             except Exception as exc:  # whatever the store's failure, the record is not stored
@@ -187,6 +195,18 @@ class Call:
             await self._audit(store, error)
         if isinstance(exc, Exception) and error is not None and error is not exc:
             raise error from exc
+
+    def success_record(self) -> AuditRecord | None:
+        """The record of this write as it will have succeeded (one row), before its statement
+        runs, for a statement that stores it itself; None when a value can't be rendered (the
+        record is then stored the usual way)."""
+        count, self.row_count = self.row_count, 1
+        try:
+            return self._record(None)
+        except Exception:  # noqa: BLE001 - `_audit` builds it again, and logs what failed
+            return None
+        finally:
+            self.row_count = count
 
     def _record(self, error: OrmAIError | None, bare: bool = False) -> AuditRecord:
         """The call's audit record, redacted once and storable by every store and event sink.

@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, and_, bindparam, delete, insert, true, tuple_, update
+from sqlalchemy import String, Table, Text, and_, bindparam, cast, delete, func, insert, literal, true, tuple_, update
 from sqlalchemy import select as sql_select
+from sqlalchemy import types as sqltypes
 
 from ormai_agents._call import Call
 from ormai_agents._context import Principal, RunContext
@@ -41,6 +42,8 @@ from ormai_agents._dialects import Capabilities, exact_equals
 from ormai_agents._errors import (
     ApprovalError,
     ApprovalRequiredError,
+    CallTimeoutError,
+    OrmAIError,
     RecordNotFoundError,
     TransientDatabaseError,
     ValidationError,
@@ -48,8 +51,10 @@ from ormai_agents._errors import (
     WriteOutcomeUnknownError,
 )
 from ormai_agents._plan import ModelPlan, Where
+from ormai_agents._redact import redact_snapshot
 from ormai_agents._results import WriteResult
 from ormai_agents._runtime import Runtime, Shaper
+from ormai_agents._storable import MAX_BUDGET, MAX_TEXT
 from ormai_agents._write_plan import (
     OPERATIONS,
     Change,
@@ -59,7 +64,8 @@ from ormai_agents._write_plan import (
     parse_change,
     write_action,
 )
-from ormai_agents.policy import WriteAction
+from ormai_agents.audit import SqlAuditStore
+from ormai_agents.policy import FieldAction, WriteAction
 
 if TYPE_CHECKING:
     from ormai_agents.approvals import Approval
@@ -355,7 +361,8 @@ class _Write:
     async def update(self) -> WriteResult:
         returning = self.caps.update_returning
         if returning and not self.checks_references:
-            return await self._update_folded()
+            store = self._store_to_fold()
+            return await (self._update_folded() if store is None else self._update_folded_with_record(store))
         # The before snapshot is for the audit record only (and the current foreign keys for the
         # reference check); the UPDATE decides by its own WHERE. Nobody to read it: not read.
         call = self.call
@@ -416,6 +423,79 @@ class _Write:
         self.call.before = self.shape(row[:width])
         if not row[2 * width]:
             raise self.check_failed()
+        return self.done(row[width:])
+
+    def _store_to_fold(self) -> SqlAuditStore | None:
+        """The SQL audit store whose INSERT this update's own statement can carry (PostgreSQL):
+        the call's own transaction (on a failure it is rolled back and the write run again
+        unfolded), the store keeping records in the caller's transaction, no `on_audit`
+        callback (it is handed the record the toolset builds), and snapshot fields the database
+        writes into JSON exactly as the record would hold them (`_snapshot_kinds`)."""
+        call = self.call
+        store = call.runtime.audit_store
+        if not call.may_fold or call.ctx.on_audit is not None or not isinstance(store, SqlAuditStore):
+            return None
+        if self.caps.name != "postgresql" or not store.uses_caller_transaction(call.ctx.db):
+            return None
+        return store if self._snapshot_kinds() else None
+
+    def _snapshot_kinds(self) -> tuple[str, ...]:
+        runtime = self.call.runtime
+        return runtime.statement(("snapshot-kinds", self.plan.name), lambda: _snapshot_kinds(self.plan, runtime))  # type: ignore[no-any-return]
+
+    async def _update_folded_with_record(self, store: SqlAuditStore) -> WriteResult:
+        """`_update_folded`, with the audit record inserted by the same statement (a
+        data-modifying CTE over the write's RETURNING): one round trip instead of two. The
+        record is the one `audit_now` would store: built before the statement, its snapshots
+        written by the database from the returned rows."""
+        call = self.call
+        record = call.success_record()
+        try:
+            bound = None if record is None else store.folded_params(record)
+        except (ValueError, TypeError, RecursionError, AttributeError):
+            bound = None  # a value the store renders another way: stored the usual way
+        if bound is None:
+            return await self._update_folded()
+        kinds = self._snapshot_kinds()
+
+        def build() -> Any:
+            plan, width = self.plan, self.width
+            fields = [plan.fields[n].column for n in self.names]
+            old = (
+                sql_select(*(c.label(f"ormai_b{i}") for i, c in enumerate(fields)), *plan.pk_columns)
+                .where(*self.key_binds(), *self.where.write_clauses)
+                .with_for_update()
+                .subquery("ormai_old")
+            )
+            old_pk = list(old.c)[width:]
+            written = (
+                update(self.table)
+                .where(*(c == o for c, o in zip(plan.pk_columns, old_pk, strict=True)), *self.where.write_clauses)
+                .values(self.value_binds())
+                .returning(*list(old.c)[:width], *(c.label(f"ormai_a{i}") for i, c in enumerate(fields)), self.check)
+                .cte("ormai_write")
+            )
+            out = list(written.c)
+            before = _snapshot_json(self.names, kinds, out[:width])
+            after = _snapshot_json(self.names, kinds, out[width : 2 * width])
+            return sql_select(*out).add_cte(store.folded_insert(written, before, after).cte("ormai_audit"))
+
+        params = {**self.params, **bound}
+        try:
+            rows = (await self.exec(self.statement("update-folded-record", build), params)).all()
+        except (TransientDatabaseError, CallTimeoutError):
+            raise
+        except OrmAIError as exc:
+            # Which part failed (the change, or the record: its table missing, say) and what the
+            # agent is told is for the unfolded write to find out, in a new transaction.
+            raise FoldFailedError from exc
+        if not rows:
+            raise _not_found(self.plan)
+        row, width = rows[0], self.width
+        self.call.before = self.shape(row[:width])
+        if not row[2 * width]:
+            raise self.check_failed()  # rolled back, with the record
+        call.audit_folded = True
         return self.done(row[width:])
 
     async def bulk_update(self) -> WriteResult:
@@ -509,6 +589,62 @@ async def _check_references(
                 raise ValidationError(f"data.{named[0]}: {where} is visible to you. Nothing was written.{hint}")
 
 
+# --- the audit record in the write's own statement ------------------------------------------
+
+
+class FoldFailedError(Exception):
+    """A write whose statement carried its audit record failed: run it again without."""
+
+
+# jsonb_build_object takes at most 100 arguments: 50 fields.
+_MAX_FOLDED_FIELDS = 50
+
+
+def _snapshot_kinds(plan: ModelPlan, runtime: Runtime) -> tuple[str, ...]:
+    """How PostgreSQL writes each field of a write's snapshot into the record's JSON so that it
+    reads exactly as the record built in Python would ("value": as it is; "text": cast to text,
+    as `Decimal` becomes its `str`); empty when some field can't be written so. Such fields: a
+    masked or hashed one, one whose name the audit redacts, types whose JSON differs (dates,
+    floats, JSON, enums, CHAR's padding, custom types), text that could be cut (longer than
+    MAX_TEXT, or rows over the record's size budget), decimals that `str` writes with an
+    exponent (more than 6 places)."""
+    names = list(plan.fields)
+    if not names or len(names) > _MAX_FOLDED_FIELDS:
+        return ()
+    if redact_snapshot(dict.fromkeys(names), runtime.redact_keys) != dict.fromkeys(names):
+        return ()
+    kinds: list[str] = []
+    size = 0
+    for name in names:
+        field = plan.fields[name]
+        kind = type_ = field.column.type
+        if field.action is not FieldAction.Allow or not name.isascii() or len(name) > 200:
+            return ()
+        if isinstance(type_, (sqltypes.Boolean, sqltypes.Integer)):
+            kind, width = "value", 1
+        elif isinstance(type_, sqltypes.Numeric) and not isinstance(type_, sqltypes.Float):
+            scale = type_.scale
+            if not type_.asdecimal or scale is None or not 0 <= scale <= 6 or type_.precision is None:
+                return ()
+            kind, width = "text", type_.precision + 2
+        elif isinstance(type_, sqltypes.String) and not isinstance(type_, (sqltypes.Enum, sqltypes.CHAR)):
+            if type_.length is None or type_.length > MAX_TEXT:
+                return ()
+            kind, width = "value", type_.length
+        else:
+            return ()
+        kinds.append(kind)
+        size += len(name) + 1 + width
+    return tuple(kinds) if size <= MAX_BUDGET - MAX_TEXT else ()
+
+
+def _snapshot_json(names: list[str], kinds: tuple[str, ...], columns: list[Any]) -> Any:
+    args: list[Any] = []
+    for name, kind, column in zip(names, kinds, columns, strict=True):
+        args += [literal(name, String()), cast(column, Text) if kind == "text" else column]
+    return func.jsonb_build_object(*args)
+
+
 # --- transactions -------------------------------------------------------------------------
 
 
@@ -517,6 +653,17 @@ async def _quiet_rollback(rollback: Callable[[], Awaitable[None]]) -> None:
         await rollback()
     except Exception:  # the connection may be gone; the server rolled back already
         log.warning("ormai_agents: rollback after a failed write failed", exc_info=True)
+
+
+async def _first_attempt(call: Call, attempt: Callable[[bool], Awaitable[WriteResult]]) -> WriteResult:
+    """The first attempt of a write in its own transaction, which may store its record in its
+    own statement; when that statement fails it is rolled back, and the write run again without."""
+    call.may_fold = True
+    try:
+        return await attempt(False)
+    except FoldFailedError:
+        call.may_fold = False
+        return await attempt(True)
 
 
 async def _in_transaction(call: Call, body: Callable[[], Awaitable[WriteResult]]) -> WriteResult:
@@ -537,6 +684,7 @@ async def _in_transaction(call: Call, body: Callable[[], Awaitable[WriteResult]]
 
     async def attempt(again: bool) -> WriteResult:
         call.before = call.after = None
+        call.audit_folded = False
         try:
             if call.runtime.rls_paths is not None and (again or not db.in_transaction()):
                 await call.set_rls()  # a rollback discarded them
@@ -551,7 +699,7 @@ async def _in_transaction(call: Call, body: Callable[[], Awaitable[WriteResult]]
     # write's own CPU time, for retries that almost never happen. The waits are tenacity's.
     result: WriteResult | None = None
     try:
-        result = await attempt(False)
+        result = await _first_attempt(call, attempt)
     except TransientDatabaseError:
         await asyncio.sleep(_FIRST_WAIT)
     if result is None:

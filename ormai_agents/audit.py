@@ -58,7 +58,9 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    cast,
     delete,
+    func,
     insert,
     select,
 )
@@ -1023,6 +1025,12 @@ class _JSONText(TypeDecorator[str]):
 
 # The JSON columns, bound from the row's "<column>_json" keys.
 _JSON_COLUMNS = ("principal", "inputs", "scopes_injected", "policies_applied", "before", "after")
+# A folded record's bound columns: all but the snapshots (see `SqlAuditStore.folded_insert`).
+_FOLDED_COLUMNS = (
+    "id", "timestamp", "tenant_id", "user_id", "tool_name", "model", "outcome", "error_code", "error_message",
+    "row_count", "duration_ms", "bypass_used", "request_id", "principal", "inputs", "scopes_injected",
+    "policies_applied",
+)  # fmt: skip
 
 
 def _plain(value: Any) -> Any:
@@ -1311,6 +1319,31 @@ class SqlAuditStore:
         # The store's one INSERT, the record's values as parameters: building `.values(row)` per
         # record cost more than sending it.
         await DbHandle(db).execute(self._insert_row, row, action="store the audit record")
+
+    def folded_insert(self, source: Any, before: Any, after: Any) -> Any:
+        """The INSERT of one record as part of a write's own statement (PostgreSQL: a
+        data-modifying CTE): one row for each row of `source`, the snapshots given as SQL
+        expressions over it, every other value bound as `folded_params` names it, and the
+        duration grown by the statement's own time so far."""
+        columns = self.table.c
+        names: list[str] = []
+        values: list[Any] = []
+        for name in _FOLDED_COLUMNS:
+            kind = _JSONText() if name in _JSON_COLUMNS else columns[name].type
+            bound: Any = bindparam(f"ormai_audit_{name}", type_=kind)
+            if name == "duration_ms":
+                elapsed = func.extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * 1000
+                bound = cast(bound + elapsed, Float)
+            names.append(name)
+            values.append(bound)
+        rows = select(*values, before, after).select_from(source)
+        return insert(self.table).from_select([*names, "before", "after"], rows)
+
+    def folded_params(self, record: AuditRecord) -> dict[str, Any]:
+        """The bound values of `folded_insert` for `record` (whose snapshots the statement writes)."""
+        row = self._row(record)
+        keys = {name: f"{name}_json" if name in _JSON_COLUMNS else name for name in _FOLDED_COLUMNS}
+        return {f"ormai_audit_{name}": row[key] for name, key in keys.items()}
 
     async def flush(self) -> None:
         """Store every queued record now; raises (and keeps them queued) on failure."""
