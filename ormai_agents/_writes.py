@@ -30,7 +30,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, Table, Text, and_, bindparam, cast, delete, func, insert, literal, true, tuple_, update
+from sqlalchemy import (
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy import select as sql_select
 from sqlalchemy import types as sqltypes
 
@@ -310,6 +325,9 @@ class _Write:
     async def create(self) -> WriteResult:
         await self.references([{}])
         returning = self.caps.insert_returning
+        fold = self._fold() if returning else None
+        if fold is not None:
+            return await self._create_with_record(*fold)
 
         def build() -> Any:
             stmt = insert(self.table).values(self.value_binds())
@@ -327,6 +345,19 @@ class _Write:
                 rows = []
         if not rows or not rows[0][self.width]:
             raise self.check_failed()
+        return self.done(rows[0])
+
+    async def _create_with_record(self, store: SqlAuditStore, bound: dict[str, Any]) -> WriteResult:
+        """The INSERT ... RETURNING of a create, with the call's audit record inserted by the
+        same statement."""
+
+        def build() -> Any:
+            written = insert(self.table).values(self.value_binds()).returning(*self._returned("ormai_a"), self.check)
+            return self._with_record(store, written, before=False)
+
+        rows = await self._run_with_record(self.statement("create-folded-record", build), bound)
+        if not rows or not rows[0][self.width]:
+            raise self.check_failed()  # rolled back, with the record
         return self.done(rows[0])
 
     def _inserted_key(self, result: Any) -> list[Any]:
@@ -361,8 +392,8 @@ class _Write:
     async def update(self) -> WriteResult:
         returning = self.caps.update_returning
         if returning and not self.checks_references:
-            store = self._store_to_fold()
-            return await (self._update_folded() if store is None else self._update_folded_with_record(store))
+            fold = self._fold()
+            return await (self._update_folded() if fold is None else self._update_folded_with_record(*fold))
         # The before snapshot is for the audit record only (and the current foreign keys for the
         # reference check); the UPDATE decides by its own WHERE. Nobody to read it: not read.
         call = self.call
@@ -443,26 +474,55 @@ class _Write:
         runtime = self.call.runtime
         return runtime.statement(("snapshot-kinds", self.plan.name), lambda: _snapshot_kinds(self.plan, runtime))  # type: ignore[no-any-return]
 
-    async def _update_folded_with_record(self, store: SqlAuditStore) -> WriteResult:
-        """`_update_folded`, with the audit record inserted by the same statement (a
-        data-modifying CTE over the write's RETURNING): one round trip instead of two. The
-        record is the one `audit_now` would store: built before the statement, its snapshots
-        written by the database from the returned rows."""
-        call = self.call
-        record = call.success_record()
+    def _fold(self) -> tuple[SqlAuditStore, dict[str, Any]] | None:
+        """The store whose INSERT this write's statement carries, with the bound values of the
+        call's record; None when the record is stored the usual way (no store to fold, or a
+        value the store renders another way)."""
+        store = self._store_to_fold()
+        if store is None:
+            return None
+        record = self.call.success_record()
         try:
-            bound = None if record is None else store.folded_params(record)
+            return None if record is None else (store, store.folded_insert_params(record))
         except (ValueError, TypeError, RecursionError, AttributeError):
-            bound = None  # a value the store renders another way: stored the usual way
-        if bound is None:
-            return await self._update_folded()
-        kinds = self._snapshot_kinds()
+            return None
+
+    def _with_record(self, store: SqlAuditStore, written: Any, *, before: bool) -> Any:
+        """`written` (a write whose RETURNING holds the old row's fields when `before`, the new
+        row's, then the check, each labelled apart) beside the INSERT of the call's record, in
+        one statement (a data-modifying CTE): the record's snapshots are written by the database
+        from the returned rows."""
+        width, kinds = self.width, self._snapshot_kinds()
+        cte = written.cte("ormai_write")
+        out = list(cte.c)
+        new = out[width : 2 * width] if before else out[:width]
+        old = _snapshot_json(self.names, kinds, out[:width]) if before else null()
+        record = store.folded_insert(cte, old, _snapshot_json(self.names, kinds, new))
+        return sql_select(*out).add_cte(record.cte("ormai_audit"))
+
+    def _returned(self, prefix: str) -> list[Any]:
+        return [self.plan.fields[n].column.label(f"{prefix}{i}") for i, n in enumerate(self.names)]
+
+    async def _run_with_record(self, stmt: Any, bound: dict[str, Any]) -> list[Any]:
+        try:
+            rows = (await self.exec(stmt, {**self.params, **bound})).all()
+        except (TransientDatabaseError, CallTimeoutError):
+            raise
+        except OrmAIError as exc:
+            # Which part failed (the change, or the record: its table missing, say) and what the
+            # agent is told is for the unfolded write to find out, in a new transaction.
+            raise FoldFailedError from exc
+        if rows and rows[0][-1]:
+            self.call.audit_folded = True  # stored, unless the check fails and it is rolled back
+        return list(rows)
+
+    async def _update_folded_with_record(self, store: SqlAuditStore, bound: dict[str, Any]) -> WriteResult:
+        """`_update_folded`, with the call's audit record inserted by the same statement."""
 
         def build() -> Any:
             plan, width = self.plan, self.width
-            fields = [plan.fields[n].column for n in self.names]
             old = (
-                sql_select(*(c.label(f"ormai_b{i}") for i, c in enumerate(fields)), *plan.pk_columns)
+                sql_select(*self._returned("ormai_b"), *plan.pk_columns)
                 .where(*self.key_binds(), *self.where.write_clauses)
                 .with_for_update()
                 .subquery("ormai_old")
@@ -472,30 +532,17 @@ class _Write:
                 update(self.table)
                 .where(*(c == o for c, o in zip(plan.pk_columns, old_pk, strict=True)), *self.where.write_clauses)
                 .values(self.value_binds())
-                .returning(*list(old.c)[:width], *(c.label(f"ormai_a{i}") for i, c in enumerate(fields)), self.check)
-                .cte("ormai_write")
+                .returning(*list(old.c)[:width], *self._returned("ormai_a"), self.check)
             )
-            out = list(written.c)
-            before = _snapshot_json(self.names, kinds, out[:width])
-            after = _snapshot_json(self.names, kinds, out[width : 2 * width])
-            return sql_select(*out).add_cte(store.folded_insert(written, before, after).cte("ormai_audit"))
+            return self._with_record(store, written, before=True)
 
-        params = {**self.params, **bound}
-        try:
-            rows = (await self.exec(self.statement("update-folded-record", build), params)).all()
-        except (TransientDatabaseError, CallTimeoutError):
-            raise
-        except OrmAIError as exc:
-            # Which part failed (the change, or the record: its table missing, say) and what the
-            # agent is told is for the unfolded write to find out, in a new transaction.
-            raise FoldFailedError from exc
+        rows = await self._run_with_record(self.statement("update-folded-record", build), bound)
         if not rows:
             raise _not_found(self.plan)
         row, width = rows[0], self.width
         self.call.before = self.shape(row[:width])
         if not row[2 * width]:
             raise self.check_failed()  # rolled back, with the record
-        call.audit_folded = True
         return self.done(row[width:])
 
     async def bulk_update(self) -> WriteResult:

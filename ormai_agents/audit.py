@@ -1323,7 +1323,7 @@ class SqlAuditStore:
     def folded_insert(self, source: Any, before: Any, after: Any) -> Any:
         """The INSERT of one record as part of a write's own statement (PostgreSQL: a
         data-modifying CTE): one row for each row of `source`, the snapshots given as SQL
-        expressions over it, every other value bound as `folded_params` names it, and the
+        expressions over it, every other value bound as `folded_insert_params` names it, and the
         duration grown by the statement's own time so far."""
         columns = self.table.c
         names: list[str] = []
@@ -1339,7 +1339,7 @@ class SqlAuditStore:
         rows = select(*values, before, after).select_from(source)
         return insert(self.table).from_select([*names, "before", "after"], rows)
 
-    def folded_params(self, record: AuditRecord) -> dict[str, Any]:
+    def folded_insert_params(self, record: AuditRecord) -> dict[str, Any]:
         """The bound values of `folded_insert` for `record` (whose snapshots the statement writes)."""
         row = self._row(record)
         keys = {name: f"{name}_json" if name in _JSON_COLUMNS else name for name in _FOLDED_COLUMNS}

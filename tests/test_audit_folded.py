@@ -1,12 +1,13 @@
-"""PostgreSQL: an update's audit record inserted by the update's own statement.
+"""PostgreSQL: the audit record of an update or a create inserted by the write's own statement.
 
 With `SqlAuditStore` keeping records in the caller's transaction, an update on PostgreSQL is one
 data-modifying statement: the locked old row, the change, the new row with its WITH CHECK, and
 the INSERT of the record, whose before and after snapshots the database writes from the returned
-rows. These tests play both paths against each other: the record a folded update stores must be
-the record the toolset would have built and stored itself (the unfolded path, taken when the call
-has an `on_audit` callback), for generated values, hostile text among them; a write the check
-refuses, a missing row and a failing statement leave no record of success and change nothing.
+rows; a create likewise, with its INSERT ... RETURNING. These tests play both paths against each
+other: the record a folded write stores must be the record the toolset would have built and
+stored itself (the unfolded path, taken when the call has an `on_audit` callback), for generated
+values, hostile text among them; a write the check refuses, a missing row and a failing
+statement leave no record of success and change nothing.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ POLICY = Policy(
             scoping={"tenant_id": "principal.tenant_id"},
             row_policies=[RowPolicy("low", "priority IS NULL OR priority < 100")],
             write_policy=WritePolicy(
-                update=WriteAction.Allow, auto_set={"tenant_id": "principal.tenant_id"}, immutable_fields=["tenant_id"]
+                create=WriteAction.Allow,
+                update=WriteAction.Allow,
+                auto_set={"tenant_id": "principal.tenant_id"},
+                immutable_fields=["tenant_id"],
             ),
         )
     }
@@ -175,6 +179,68 @@ def test_a_folded_record_is_the_record_the_toolset_builds(tickets: Backend, use_
     finally:
         loop.run_until_complete(store.aclose())
         loop.close()
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_folded_create_records_what_the_toolset_would(tickets: Backend, use_async: bool) -> None:
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(_store(tickets))
+    toolset = Toolset(Base, POLICY, store)
+
+    async def create(data: dict[str, Any], fold: bool) -> dict[str, Any]:
+        if use_async:
+            async with tickets.async_session() as db:
+                ctx = RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
+                return dict((await toolset.create(ctx, model="Ticket", data=data)).data)
+        with tickets.session() as db:
+            ctx = RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
+            return dict((await toolset.create(ctx, model="Ticket", data=data)).data)
+
+    async def both(data: dict[str, Any]) -> None:
+        results, made = {}, {}
+        for fold in (True, False):
+            with captured(tickets, tables="tickets|ormai_audit_log") as statements:
+                results[fold] = await create(data, fold)
+            assert (len(statements) == 1) is fold, statements
+            made[fold] = results[fold].pop("id")
+        assert results[True] == results[False]
+        records = {r.after["id"]: r for r in await store.query(tenant_id="acme", tool_name="create", limit=2)}
+        assert set(records) == set(made.values())
+        assert _comparable(records[made[True]]) == _comparable(records[made[False]])
+        assert records[made[True]].before is None
+        assert records[made[True]].after == _as_stored({**results[True], "id": made[True]})
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(changes)
+    def check(data: dict[str, Any]) -> None:
+        loop.run_until_complete(both(data))
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(store.aclose())
+        loop.close()
+
+
+async def test_a_create_the_check_or_the_database_refuses_leaves_no_row_and_no_success(tickets: Backend) -> None:
+    store = await _store(tickets)
+    toolset = Toolset(Base, POLICY, store)
+    with tickets.session() as db, pytest.raises(WriteNotAllowedError):
+        await toolset.create(RunContext(ACME, db), model="Ticket", data={"priority": 150})
+    with (
+        tickets.session() as db,
+        captured(tickets, tables="tickets") as statements,
+        pytest.raises(IntegrityConstraintError),
+    ):
+        await toolset.create(RunContext(ACME, db), model="Ticket", data={"priority": -1})
+    assert ["ormai_audit_log" in sql for sql, _ in statements] == [True, False]
+    with tickets.sync_engine.connect() as conn:
+        assert conn.execute(select(Ticket.id)).all() == []
+    records = await store.query(tenant_id="acme")
+    assert sorted((r.outcome, r.error_code) for r in records) == [
+        ("denied", "write_not_allowed"), ("error", "constraint_violation"),
+    ]  # fmt: skip
+    await store.aclose()
 
 
 def _as_stored(data: dict[str, Any]) -> dict[str, Any]:
