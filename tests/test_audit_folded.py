@@ -13,6 +13,7 @@ statement leave no record of success and change nothing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -132,10 +133,35 @@ def _comparable(record: AuditRecord) -> dict[str, Any]:
     return data
 
 
-async def _update(toolset: Toolset, db: Any, id_: int, data: dict[str, Any], *, fold: bool) -> Any:
+def _ctx(db: Any, *, fold: bool) -> RunContext:
     # A call with an on_audit callback builds its record in Python and stores it the usual way.
-    ctx = RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
-    return await toolset.update(ctx, model="Ticket", id=id_, data=data)
+    return RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
+
+
+async def _update(toolset: Toolset, db: Any, id_: int, data: dict[str, Any], *, fold: bool) -> Any:
+    return await toolset.update(_ctx(db, fold=fold), model="Ticket", id=id_, data=data)
+
+
+async def _written(backend: Backend, use_async: bool, write: Callable[[Any], Awaitable[Any]]) -> dict[str, Any]:
+    """What `write(db)` returns, on a sync or an async session."""
+    if use_async:
+        async with backend.async_session() as db:
+            return dict((await write(db)).data)
+    with backend.session() as db:
+        return dict((await write(db)).data)
+
+
+def _for_generated_changes(loop: asyncio.AbstractEventLoop, store: SqlAuditStore, both: Any, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(changes)
+    def check(data: dict[str, Any]) -> None:
+        loop.run_until_complete(both(data))
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(store.aclose())
+        loop.close()
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -145,13 +171,6 @@ def test_a_folded_record_is_the_record_the_toolset_builds(tickets: Backend, use_
     toolset = Toolset(Base, POLICY, store)
     ids = iter(range(1, 10**6, 2))
 
-    async def update(id_: int, data: dict[str, Any], fold: bool) -> dict[str, Any]:
-        if use_async:
-            async with tickets.async_session() as db:
-                return dict((await _update(toolset, db, id_, data, fold=fold)).data)
-        with tickets.session() as db:
-            return dict((await _update(toolset, db, id_, data, fold=fold)).data)
-
     async def both(data: dict[str, Any]) -> None:
         folded = next(ids)
         plain = folded + 1
@@ -159,7 +178,9 @@ def test_a_folded_record_is_the_record_the_toolset_builds(tickets: Backend, use_
         results = {}
         for id_, fold in ((folded, True), (plain, False)):
             with captured(tickets, tables="tickets|ormai_audit_log") as statements:
-                results[fold] = await update(id_, data, fold)
+                results[fold] = await _written(
+                    tickets, use_async, lambda db, id_=id_, fold=fold: _update(toolset, db, id_, data, fold=fold)
+                )
             # The folded update is one statement; the other reads, writes and inserts apart.
             assert (len(statements) == 1) is fold, statements
             results[fold].pop("id")
@@ -169,16 +190,7 @@ def test_a_folded_record_is_the_record_the_toolset_builds(tickets: Backend, use_
         assert _comparable(records[folded]) == _comparable(records[plain])
         assert records[folded].after == {**records[folded].before, **_as_stored(data)}
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(changes)
-    def check(data: dict[str, Any]) -> None:
-        loop.run_until_complete(both(data))
-
-    try:
-        check()
-    finally:
-        loop.run_until_complete(store.aclose())
-        loop.close()
+    _for_generated_changes(loop, store, both, 60)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -187,20 +199,15 @@ def test_a_folded_create_records_what_the_toolset_would(tickets: Backend, use_as
     store = loop.run_until_complete(_store(tickets))
     toolset = Toolset(Base, POLICY, store)
 
-    async def create(data: dict[str, Any], fold: bool) -> dict[str, Any]:
-        if use_async:
-            async with tickets.async_session() as db:
-                ctx = RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
-                return dict((await toolset.create(ctx, model="Ticket", data=data)).data)
-        with tickets.session() as db:
-            ctx = RunContext(ACME, db) if fold else RunContext(ACME, db, on_audit=lambda record: None)
-            return dict((await toolset.create(ctx, model="Ticket", data=data)).data)
-
     async def both(data: dict[str, Any]) -> None:
         results, made = {}, {}
         for fold in (True, False):
             with captured(tickets, tables="tickets|ormai_audit_log") as statements:
-                results[fold] = await create(data, fold)
+
+                def create(db: Any, fold: bool = fold) -> Any:
+                    return toolset.create(_ctx(db, fold=fold), model="Ticket", data=data)
+
+                results[fold] = await _written(tickets, use_async, create)
             assert (len(statements) == 1) is fold, statements
             made[fold] = results[fold].pop("id")
         assert results[True] == results[False]
@@ -210,16 +217,7 @@ def test_a_folded_create_records_what_the_toolset_would(tickets: Backend, use_as
         assert records[made[True]].before is None
         assert records[made[True]].after == _as_stored({**results[True], "id": made[True]})
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(changes)
-    def check(data: dict[str, Any]) -> None:
-        loop.run_until_complete(both(data))
-
-    try:
-        check()
-    finally:
-        loop.run_until_complete(store.aclose())
-        loop.close()
+    _for_generated_changes(loop, store, both, 40)
 
 
 async def test_a_create_the_check_or_the_database_refuses_leaves_no_row_and_no_success(tickets: Backend) -> None:
