@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     String,
     Table,
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -650,11 +652,12 @@ _MAX_FOLDED_FIELDS = 50
 def _snapshot_kinds(plan: ModelPlan, runtime: Runtime) -> tuple[str, ...]:
     """How PostgreSQL writes each field of a write's snapshot into the record's JSON so that it
     reads exactly as the record built in Python would ("value": as it is; "text": cast to text,
-    as `Decimal` becomes its `str`); empty when some field can't be written so. Such fields: a
-    masked or hashed one, one whose name the audit redacts, types whose JSON differs (dates,
-    floats, JSON, enums, CHAR's padding, custom types), text that could be cut (longer than
-    MAX_TEXT, or rows over the record's size budget), decimals that `str` writes with an
-    exponent (more than 6 places)."""
+    as `Decimal` becomes its `str`; "date" and "datetime": as `isoformat()` writes them); empty
+    when some field can't be written so. Such fields: a masked or hashed one, one whose name the
+    audit redacts, types whose JSON differs (timestamps with a time zone, times, floats, JSON,
+    enums, CHAR's padding, custom types), text that could be cut (longer than MAX_TEXT, or rows
+    over the record's size budget), decimals that `str` writes with an exponent (more than 6
+    places)."""
     names = list(plan.fields)
     if not names or len(names) > _MAX_FOLDED_FIELDS:
         return ()
@@ -664,32 +667,53 @@ def _snapshot_kinds(plan: ModelPlan, runtime: Runtime) -> tuple[str, ...]:
     size = 0
     for name in names:
         field = plan.fields[name]
-        kind = type_ = field.column.type
         if field.action is not FieldAction.Allow or not name.isascii() or len(name) > 200:
             return ()
-        if isinstance(type_, (sqltypes.Boolean, sqltypes.Integer)):
-            kind, width = "value", 1
-        elif isinstance(type_, sqltypes.Numeric) and not isinstance(type_, sqltypes.Float):
-            scale = type_.scale
-            if not type_.asdecimal or scale is None or not 0 <= scale <= 6 or type_.precision is None:
-                return ()
-            kind, width = "text", type_.precision + 2
-        elif isinstance(type_, sqltypes.String) and not isinstance(type_, (sqltypes.Enum, sqltypes.CHAR)):
-            if type_.length is None or type_.length > MAX_TEXT:
-                return ()
-            kind, width = "value", type_.length
-        else:
+        found = _snapshot_kind(field.column.type)
+        if found is None:
             return ()
-        kinds.append(kind)
-        size += len(name) + 1 + width
+        kinds.append(found[0])
+        size += len(name) + 1 + found[1]
     return tuple(kinds) if size <= MAX_BUDGET - MAX_TEXT else ()
+
+
+def _snapshot_kind(type_: Any) -> tuple[str, int] | None:
+    """(kind, the most characters it takes in the record) of a column type; None: not written so."""
+    if isinstance(type_, (sqltypes.Boolean, sqltypes.Integer)):
+        return "value", 1
+    if isinstance(type_, sqltypes.Numeric) and not isinstance(type_, sqltypes.Float):
+        scale = type_.scale
+        if not type_.asdecimal or scale is None or not 0 <= scale <= 6 or type_.precision is None:
+            return None
+        return "text", type_.precision + 2
+    if isinstance(type_, sqltypes.DateTime):
+        return None if type_.timezone else ("datetime", 26)  # naive: no offset to match
+    if isinstance(type_, sqltypes.Date):
+        return "date", 10
+    if isinstance(type_, sqltypes.String) and not isinstance(type_, (sqltypes.Enum, sqltypes.CHAR)):
+        return None if type_.length is None or type_.length > MAX_TEXT else ("value", type_.length)
+    return None
 
 
 def _snapshot_json(names: list[str], kinds: tuple[str, ...], columns: list[Any]) -> Any:
     args: list[Any] = []
     for name, kind, column in zip(names, kinds, columns, strict=True):
-        args += [literal(name, String()), cast(column, Text) if kind == "text" else column]
+        args += [literal(name, String()), _as_recorded(kind, column)]
     return func.jsonb_build_object(*args)
+
+
+def _as_recorded(kind: str, column: Any) -> Any:
+    """`column` as the record holds it (see `_snapshot_kinds`); NULL stays NULL."""
+    if kind == "text":
+        return cast(column, Text)
+    if kind == "date":
+        return func.to_char(column, literal("YYYY-MM-DD"))
+    if kind == "datetime":
+        # `datetime.isoformat()`: the microseconds only when there are some.
+        micro = cast(func.date_part(literal("microseconds"), column), BigInteger) % 1_000_000
+        fraction = case((micro != 0, func.to_char(column, literal(".US"))), else_=literal(""))
+        return func.to_char(column, literal('YYYY-MM-DD"T"HH24:MI:SS')).op("||")(fraction)
+    return column
 
 
 # --- transactions -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ statement leave no record of success and change nothing.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Boolean, CheckConstraint, Column, Integer, Numeric, String, insert, select
+from sqlalchemy import Boolean, CheckConstraint, Column, Date, DateTime, Integer, Numeric, String, insert, select
 from sqlalchemy.orm import DeclarativeBase
 
 from ormai_agents import (
@@ -58,9 +59,11 @@ class Ticket(Base):
     priority = Column(Integer)
     amount = Column(Numeric(10, 2))
     done = Column(Boolean)
+    due = Column(Date)
+    seen_at = Column(DateTime)
 
 
-FIELDS = ("id", "tenant_id", "title", "priority", "amount", "done")
+FIELDS = ("id", "tenant_id", "title", "priority", "amount", "done", "due", "seen_at")
 POLICY = Policy(
     models={
         "Ticket": ModelPolicy(
@@ -77,7 +80,10 @@ POLICY = Policy(
     }
 )
 ACME = Principal(tenant_id="acme", user_id="u1")
-START = {"title": "start", "priority": 1, "amount": Decimal("1.00"), "done": False}
+START = {
+    "title": "start", "priority": 1, "amount": Decimal("1.00"), "done": False,
+    "due": dt.date(2026, 1, 2), "seen_at": dt.datetime(2026, 1, 2, 3, 4, 5),
+}  # fmt: skip
 # Text an agent may send, or a row may hold, to break out of a JSON document built as text.
 HOSTILE = ['","tenant_id":"globex', '"}', "\\", "\\u0000", "ü ß 東京 🎉", "a'b\"c", "{}", "null", " ", ""]
 titles = st.one_of(
@@ -93,6 +99,11 @@ changes = st.fixed_dictionaries(
         "priority": st.one_of(st.none(), st.integers(0, 99)),
         "amount": amounts,
         "done": st.one_of(st.none(), st.booleans()),
+        # Dates of every year Python has; times with and without microseconds.
+        "due": st.one_of(st.none(), st.dates()),
+        "seen_at": st.one_of(
+            st.none(), st.datetimes(), st.datetimes().map(lambda t: t.replace(microsecond=0))
+        ),
     },
 ).filter(bool)
 
@@ -242,8 +253,13 @@ async def test_a_create_the_check_or_the_database_refuses_leaves_no_row_and_no_s
 
 
 def _as_stored(data: dict[str, Any]) -> dict[str, Any]:
-    # The record's JSON: decimals as their text.
-    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
+    # The record's JSON: decimals as their text, dates and times in ISO 8601.
+    def stored(value: Any) -> Any:
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        return str(value) if isinstance(value, Decimal) else value
+
+    return {k: stored(v) for k, v in data.items()}
 
 
 async def test_a_change_the_check_refuses_rolls_back_with_its_record(tickets: Backend) -> None:
