@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     String,
     Table,
     Text,
@@ -652,12 +653,12 @@ _MAX_FOLDED_FIELDS = 50
 def _snapshot_kinds(plan: ModelPlan, runtime: Runtime) -> tuple[str, ...]:
     """How PostgreSQL writes each field of a write's snapshot into the record's JSON so that it
     reads exactly as the record built in Python would ("value": as it is; "text": cast to text,
-    as `Decimal` becomes its `str`; "date" and "datetime": as `isoformat()` writes them); empty
-    when some field can't be written so. Such fields: a masked or hashed one, one whose name the
-    audit redacts, types whose JSON differs (timestamps with a time zone, times, floats, JSON,
-    enums, CHAR's padding, custom types), text that could be cut (longer than MAX_TEXT, or rows
-    over the record's size budget), decimals that `str` writes with an exponent (more than 6
-    places)."""
+    as `Decimal` becomes its `str`; "date" and "datetime": as `isoformat()` writes them; "cut":
+    text without a bound, cut past MAX_TEXT as `clean_text` cuts it); empty when some field can't
+    be written so. Such fields: a masked or hashed one, one whose name the audit redacts, types
+    whose JSON differs (timestamps with a time zone, times, floats, JSON, enums, CHAR's padding,
+    custom types), decimals that `str` writes with an exponent (more than 6 places), and rows
+    that could pass the record's size budget (where the walk would cut what comes after)."""
     names = list(plan.fields)
     if not names or len(names) > _MAX_FOLDED_FIELDS:
         return ()
@@ -691,7 +692,9 @@ def _snapshot_kind(type_: Any) -> tuple[str, int] | None:
     if isinstance(type_, sqltypes.Date):
         return "date", 10
     if isinstance(type_, sqltypes.String) and not isinstance(type_, (sqltypes.Enum, sqltypes.CHAR)):
-        return None if type_.length is None or type_.length > MAX_TEXT else ("value", type_.length)
+        if type_.length is None or type_.length > MAX_TEXT:
+            return "cut", MAX_TEXT  # longer text is cut as the record cuts it
+        return "value", type_.length
     return None
 
 
@@ -706,14 +709,33 @@ def _as_recorded(kind: str, column: Any) -> Any:
     """`column` as the record holds it (see `_snapshot_kinds`); NULL stays NULL."""
     if kind == "text":
         return cast(column, Text)
+    if kind == "cut":
+        # `clean_text`: past MAX_TEXT characters, the text's start and a marker of its length.
+        size = func.char_length(column)
+        marker = literal("…[TRUNCATED: ").op("||")(cast(size, Text)).op("||")(literal(" characters]"))
+        start = func.left(column, literal(MAX_TEXT) - func.char_length(marker))
+        return case((size > MAX_TEXT, start.op("||")(marker)), else_=column)
     if kind == "date":
-        return func.to_char(column, literal("YYYY-MM-DD"))
+        return _finite(column, func.to_char(column, literal("YYYY-MM-DD")), "0001-01-01", "9999-12-31")
     if kind == "datetime":
         # `datetime.isoformat()`: the microseconds only when there are some.
         micro = cast(func.date_part(literal("microseconds"), column), BigInteger) % 1_000_000
         fraction = case((micro != 0, func.to_char(column, literal(".US"))), else_=literal(""))
-        return func.to_char(column, literal('YYYY-MM-DD"T"HH24:MI:SS')).op("||")(fraction)
+        text = func.to_char(column, literal('YYYY-MM-DD"T"HH24:MI:SS')).op("||")(fraction)
+        return _finite(column, text, "0001-01-01T00:00:00", "9999-12-31T23:59:59.999999")
     return column
+
+
+def _finite(column: Any, text: Any, lowest: str, highest: str) -> Any:
+    # asyncpg reads -infinity and infinity as the smallest and largest value Python has (and
+    # stores those as them); to_char gives NULL for both.
+    middle = cast(literal("2000-01-01"), Date())
+    return case(
+        (func.isfinite(column), text),
+        (column > middle, literal(highest)),
+        (column < middle, literal(lowest)),
+        else_=null(),
+    )
 
 
 # --- transactions -------------------------------------------------------------------------

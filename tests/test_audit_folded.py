@@ -19,9 +19,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Boolean, CheckConstraint, Column, Date, DateTime, Integer, Numeric, String, insert, select
+from sqlalchemy import Boolean, CheckConstraint, Column, Date, DateTime, Integer, Numeric, String, Text, insert, select
 from sqlalchemy.orm import DeclarativeBase
 
 from ormai_agents import (
@@ -39,6 +39,7 @@ from ormai_agents import (
     WriteNotAllowedError,
     WritePolicy,
 )
+from ormai_agents._storable import MAX_TEXT  # noqa: PLC2701 - the length the record cuts text at
 from ormai_agents.audit import AuditRecord, SqlAuditStore
 from tests._truth import captured
 from tests.conftest import Backend
@@ -61,9 +62,10 @@ class Ticket(Base):
     done = Column(Boolean)
     due = Column(Date)
     seen_at = Column(DateTime)
+    note = Column(Text)
 
 
-FIELDS = ("id", "tenant_id", "title", "priority", "amount", "done", "due", "seen_at")
+FIELDS = ("id", "tenant_id", "title", "priority", "amount", "done", "due", "seen_at", "note")
 POLICY = Policy(
     models={
         "Ticket": ModelPolicy(
@@ -82,7 +84,7 @@ POLICY = Policy(
 ACME = Principal(tenant_id="acme", user_id="u1")
 START = {
     "title": "start", "priority": 1, "amount": Decimal("1.00"), "done": False,
-    "due": dt.date(2026, 1, 2), "seen_at": dt.datetime(2026, 1, 2, 3, 4, 5),
+    "due": dt.date(2026, 1, 2), "seen_at": dt.datetime(2026, 1, 2, 3, 4, 5), "note": None,
 }  # fmt: skip
 # Text an agent may send, or a row may hold, to break out of a JSON document built as text.
 HOSTILE = ['","tenant_id":"globex', '"}', "\\", "\\u0000", "ü ß 東京 🎉", "a'b\"c", "{}", "null", " ", ""]
@@ -103,6 +105,11 @@ changes = st.fixed_dictionaries(
         "due": st.one_of(st.none(), st.dates()),
         "seen_at": st.one_of(
             st.none(), st.datetimes(), st.datetimes().map(lambda t: t.replace(microsecond=0))
+        ),
+        # Text without a bound: short, and around the length where the record cuts it.
+        "note": st.one_of(
+            titles,
+            st.tuples(st.sampled_from(["x", "é", "東", "🎉"]), st.integers(4060, 4140)).map(lambda t: t[0] * t[1]),
         ),
     },
 ).filter(bool)
@@ -162,11 +169,24 @@ async def _written(backend: Backend, use_async: bool, write: Callable[[Any], Awa
         return dict((await write(db)).data)
 
 
+# Always among the examples: text just past and well past the length the record cuts at, and
+# times with and without microseconds.
+EDGES = [
+    {"note": "é" * (MAX_TEXT + 1)},
+    {"note": "🎉" * MAX_TEXT, "title": '","tenant_id":"globex'},
+    {"note": "x" * (2 * MAX_TEXT), "seen_at": dt.datetime(1, 1, 1)},
+    {"seen_at": dt.datetime(9999, 12, 31, 23, 59, 59, 999999), "due": dt.date(1, 1, 1)},
+]
+
+
 def _for_generated_changes(loop: asyncio.AbstractEventLoop, store: SqlAuditStore, both: Any, examples: int) -> None:
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(changes)
     def check(data: dict[str, Any]) -> None:
         loop.run_until_complete(both(data))
+
+    for edge in EDGES:
+        check = example(edge)(check)
 
     try:
         check()
@@ -253,10 +273,13 @@ async def test_a_create_the_check_or_the_database_refuses_leaves_no_row_and_no_s
 
 
 def _as_stored(data: dict[str, Any]) -> dict[str, Any]:
-    # The record's JSON: decimals as their text, dates and times in ISO 8601.
+    # The record's JSON: decimals as their text, dates and times in ISO 8601, long text cut.
     def stored(value: Any) -> Any:
         if isinstance(value, (dt.date, dt.datetime)):
             return value.isoformat()
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            marker = f"…[TRUNCATED: {len(value)} characters]"
+            return value[: MAX_TEXT - len(marker)] + marker
         return str(value) if isinstance(value, Decimal) else value
 
     return {k: stored(v) for k, v in data.items()}
