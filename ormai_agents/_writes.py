@@ -460,7 +460,7 @@ class _Write:
         return self.done(row[width:])
 
     def _store_to_fold(self) -> SqlAuditStore | None:
-        """The SQL audit store whose INSERT this update's own statement can carry (PostgreSQL):
+        """The SQL audit store whose INSERT this write's own statement can carry (PostgreSQL):
         the call's own transaction (on a failure it is rolled back and the write run again
         unfolded), the store keeping records in the caller's transaction, no `on_audit`
         callback (it is handed the record the toolset builds), and snapshot fields the database
@@ -754,7 +754,9 @@ async def _first_attempt(call: Call, attempt: Callable[[bool], Awaitable[WriteRe
     call.may_fold = True
     try:
         return await attempt(False)
-    except FoldFailedError:
+    except FoldFailedError as failed:
+        why = failed.__cause__
+        log.debug("ormai_agents: a %s with its audit record in it failed (%r); run again without", call.tool, why)
         call.may_fold = False
         return await attempt(True)
 
