@@ -329,38 +329,26 @@ class _Write:
         await self.references([{}])
         returning = self.caps.insert_returning
         fold = self._fold() if returning else None
-        if fold is not None:
-            return await self._create_with_record(*fold)
 
         def build() -> Any:
             stmt = insert(self.table).values(self.value_binds())
-            return stmt.returning(*self.columns, self.check) if returning else stmt
+            if not returning:
+                return stmt
+            stmt = stmt.returning(*self._returned("ormai_a"), self.check)
+            return stmt if fold is None else self._with_record(fold[0], stmt, before=False)
 
-        result = await self.exec(self.statement(f"create-{returning}", build), self.params)
+        stmt = self.statement(f"create-{returning}{'-record' if fold else ''}", build)
         if returning:
-            rows = result.all()
+            rows = await self._returning(stmt, fold)
         else:
-            key = self._inserted_key(result)
+            key = self._inserted_key(await self.exec(stmt, self.params))
             if key and None not in key:
                 self.params.update({f"ormai_k{i}": v for i, v in enumerate(key)})
                 rows = (await self.exec(self.snapshot_by_key(), self.params)).all()
             else:
                 rows = []
         if not rows or not rows[0][self.width]:
-            raise self.check_failed()
-        return self.done(rows[0])
-
-    async def _create_with_record(self, store: SqlAuditStore, bound: dict[str, Any]) -> WriteResult:
-        """The INSERT ... RETURNING of a create, with the call's audit record inserted by the
-        same statement."""
-
-        def build() -> Any:
-            written = insert(self.table).values(self.value_binds()).returning(*self._returned("ormai_a"), self.check)
-            return self._with_record(store, written, before=False)
-
-        rows = await self._run_with_record(self.statement("create-folded-record", build), bound)
-        if not rows or not rows[0][self.width]:
-            raise self.check_failed()  # rolled back, with the record
+            raise self.check_failed()  # rolled back (with the record, when it is in the statement)
         return self.done(rows[0])
 
     def _inserted_key(self, result: Any) -> list[Any]:
@@ -395,8 +383,7 @@ class _Write:
     async def update(self) -> WriteResult:
         returning = self.caps.update_returning
         if returning and not self.checks_references:
-            fold = self._fold()
-            return await (self._update_folded() if fold is None else self._update_folded_with_record(*fold))
+            return await self._update_folded(self._fold())
         # The before snapshot is for the audit record only (and the current foreign keys for the
         # reference check); the UPDATE decides by its own WHERE. Nobody to read it: not read.
         call = self.call
@@ -428,35 +415,35 @@ class _Write:
             raise self.check_failed()
         return self.done(after[0])
 
-    async def _update_folded(self) -> WriteResult:
+    async def _update_folded(self, fold: tuple[SqlAuditStore, dict[str, Any]] | None) -> WriteResult:
         """One statement where the database has UPDATE ... FROM and RETURNING: the row as it was
         (read and locked under the write clauses), the change, and the row as it is now with its
-        WITH CHECK, in one round trip."""
+        WITH CHECK, in one round trip; with `fold`, the call's audit record inserted too."""
 
         def build() -> Any:
-            plan = self.plan
+            plan, width = self.plan, self.width
             old = (
-                sql_select(*(plan.fields[n].column.label(n) for n in self.names), *plan.pk_columns)
+                sql_select(*self._returned("ormai_b"), *plan.pk_columns)
                 .where(*self.key_binds(), *self.where.write_clauses)
                 .with_for_update()
                 .subquery("ormai_old")
             )
-            width = len(self.names)
             old_pk = list(old.c)[width:]
-            return (
+            written = (
                 update(self.table)
                 .where(*(c == o for c, o in zip(plan.pk_columns, old_pk, strict=True)), *self.where.write_clauses)
                 .values(self.value_binds())
-                .returning(*list(old.c)[:width], *self.columns, self.check)
+                .returning(*list(old.c)[:width], *self._returned("ormai_a"), self.check)
             )
+            return written if fold is None else self._with_record(fold[0], written, before=True)
 
-        rows = (await self.exec(self.statement("update-folded", build), self.params)).all()
+        rows = await self._returning(self.statement(f"update-folded{'-record' if fold else ''}", build), fold)
         if not rows:
             raise _not_found(self.plan)
         row, width = rows[0], self.width
         self.call.before = self.shape(row[:width])
         if not row[2 * width]:
-            raise self.check_failed()
+            raise self.check_failed()  # rolled back (with the record, when it is in the statement)
         return self.done(row[width:])
 
     def _store_to_fold(self) -> SqlAuditStore | None:
@@ -506,9 +493,13 @@ class _Write:
     def _returned(self, prefix: str) -> list[Any]:
         return [self.plan.fields[n].column.label(f"{prefix}{i}") for i, n in enumerate(self.names)]
 
-    async def _run_with_record(self, stmt: Any, bound: dict[str, Any]) -> list[Any]:
+    async def _returning(self, stmt: Any, fold: tuple[SqlAuditStore, dict[str, Any]] | None) -> list[Any]:
+        """The rows a write's RETURNING gives (the check last); with `fold`, its statement also
+        inserts the call's record, bound from the fold's values."""
+        if fold is None:
+            return list((await self.exec(stmt, self.params)).all())
         try:
-            rows = (await self.exec(stmt, {**self.params, **bound})).all()
+            rows = (await self.exec(stmt, {**self.params, **fold[1]})).all()
         except (TransientDatabaseError, CallTimeoutError):
             raise
         except OrmAIError as exc:
@@ -518,35 +509,6 @@ class _Write:
         if rows and rows[0][-1]:
             self.call.audit_folded = True  # stored, unless the check fails and it is rolled back
         return list(rows)
-
-    async def _update_folded_with_record(self, store: SqlAuditStore, bound: dict[str, Any]) -> WriteResult:
-        """`_update_folded`, with the call's audit record inserted by the same statement."""
-
-        def build() -> Any:
-            plan, width = self.plan, self.width
-            old = (
-                sql_select(*self._returned("ormai_b"), *plan.pk_columns)
-                .where(*self.key_binds(), *self.where.write_clauses)
-                .with_for_update()
-                .subquery("ormai_old")
-            )
-            old_pk = list(old.c)[width:]
-            written = (
-                update(self.table)
-                .where(*(c == o for c, o in zip(plan.pk_columns, old_pk, strict=True)), *self.where.write_clauses)
-                .values(self.value_binds())
-                .returning(*list(old.c)[:width], *self._returned("ormai_a"), self.check)
-            )
-            return self._with_record(store, written, before=True)
-
-        rows = await self._run_with_record(self.statement("update-folded-record", build), bound)
-        if not rows:
-            raise _not_found(self.plan)
-        row, width = rows[0], self.width
-        self.call.before = self.shape(row[:width])
-        if not row[2 * width]:
-            raise self.check_failed()  # rolled back, with the record
-        return self.done(row[width:])
 
     async def bulk_update(self) -> WriteResult:
         # Lock and count the matching rows first, so an over-limit call writes nothing.
